@@ -1,0 +1,42 @@
+#include "data/prefetch_loader.h"
+
+#include "src/common/error.h"
+
+namespace ditlab {
+
+PrefetchLoader::PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler,
+                               int64_t depth)
+    : dataset_(std::move(dataset)), sampler_(std::move(sampler)), depth_(depth) {}
+
+PrefetchLoader::~PrefetchLoader() {
+  for (auto& [step, future] : pending_) {
+    if (future.valid()) future.wait();  // never leave a thread touching a destroyed dataset
+  }
+}
+
+void PrefetchLoader::schedule_until(int64_t last) {
+  for (int64_t s = next_scheduled_; s <= last; ++s) {
+    auto indices = sampler_.global_batch(s);  // sampler used on this thread only
+    auto dataset = dataset_;
+    pending_.emplace_back(s, std::async(std::launch::async, [dataset, indices] {
+                            return dataset->get_batch(indices);
+                          }));
+  }
+  next_scheduled_ = std::max(next_scheduled_, last + 1);
+}
+
+Batch PrefetchLoader::batch_for_step(int64_t step) {
+  if (depth_ == 0) return dataset_->get_batch(sampler_.global_batch(step));
+  // A jump (first call, or resume) drops what was prepared for other steps.
+  if (pending_.empty() || pending_.front().first != step) {
+    for (auto& [s, future] : pending_) future.wait();
+    pending_.clear();
+    next_scheduled_ = step;
+  }
+  schedule_until(step + depth_);
+  auto future = std::move(pending_.front().second);
+  pending_.pop_front();
+  return future.get();  // rethrows a loading error (e.g. a corrupt image) on the training thread
+}
+
+}  // namespace ditlab

@@ -1,0 +1,27 @@
+#include "models/backbone.h"
+
+#include <ATen/ATen.h>
+
+#include "src/common/error.h"
+
+namespace ditlab {
+
+at::Tensor Backbone::forward_with_cfg(const at::Tensor& x, const at::Tensor& t,
+                                      const at::Tensor& y, double scale, int64_t cfg_channels) {
+  const int64_t n = x.size(0);
+  if (n % 2 != 0) throw ShapeError("forward_with_cfg needs an even batch ([cond; uncond])");
+  const int64_t guided = cfg_channels == 0 ? shape().in_channels : cfg_channels;
+  auto half = x.narrow(0, 0, n / 2);
+  auto out = forward(at::cat({half, half}, 0), t, y).out;  // [N, C_out, H, W]
+  if (guided > out.size(1)) {
+    throw ShapeError("cfg_channels " + std::to_string(guided) + " exceeds the model's " +
+                     std::to_string(out.size(1)) + " output channels");
+  }
+  auto eps = out.narrow(1, 0, guided);
+  auto rest = out.narrow(1, guided, out.size(1) - guided);
+  auto cond = eps.narrow(0, 0, n / 2), uncond = eps.narrow(0, n / 2, n / 2);
+  auto guided_eps = uncond + scale * (cond - uncond);
+  return at::cat({at::cat({guided_eps, guided_eps}, 0), rest}, 1);
+}
+
+}  // namespace ditlab

@@ -1,0 +1,41 @@
+// The one interface every backbone implements. The trainer, the samplers, the exporter and the
+// FLOPs counter see only this (plus the model config); they never ask which backbone they hold.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <string>
+
+namespace ditlab {
+
+struct BackboneOutput {
+  at::Tensor out;       // [N, C_out, H, W]
+  at::Tensor aux_loss;  // scalar added to the diffusion loss; undefined if none
+  std::map<std::string, at::Tensor> metrics;  // scalars to log (e.g. expert loads)
+};
+
+// What a backbone consumes and produces, fixed at construction.
+struct BackboneShape {
+  int64_t input_size = 0;    // H = W of the input
+  int64_t in_channels = 0;   // C
+  int64_t out_channels = 0;  // C, or 2C with learned sigma
+  int64_t num_classes = 0;   // label ids 0..num_classes-1; num_classes itself is the null label
+};
+
+class Backbone : public torch::nn::Module {
+ public:
+  // x [N, C, H, W] float, t [N] int64 diffusion timesteps, y [N] int64 labels (null = num_classes).
+  virtual BackboneOutput forward(const at::Tensor& x, const at::Tensor& t,
+                                 const at::Tensor& y) = 0;
+
+  // Classifier-free guidance, as in the official DiT: the batch is [cond half; null half] over
+  // the same noise; the first half of x is run twice, and on the first `cfg_channels` output
+  // channels (0: all noise channels) uncond + scale * (cond - uncond) replaces both halves.
+  virtual at::Tensor forward_with_cfg(const at::Tensor& x, const at::Tensor& t,
+                                      const at::Tensor& y, double scale, int64_t cfg_channels);
+
+  virtual BackboneShape shape() const = 0;
+};
+
+}  // namespace ditlab

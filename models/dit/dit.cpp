@@ -1,0 +1,219 @@
+#include "models/dit/dit.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+#include <torch/nn/modules/activation.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "src/common/error.h"
+
+namespace ditlab {
+
+Conditioning parse_conditioning(const std::string& name) {
+  if (name == "adaln_zero") return Conditioning::kAdaLNZero;
+  if (name == "adaln") return Conditioning::kAdaLN;
+  if (name == "cross_attention") return Conditioning::kCrossAttention;
+  if (name == "in_context") return Conditioning::kInContext;
+  throw ConfigError("model.conditioning '" + name +
+                    "' is unknown; expected adaln_zero, adaln, cross_attention or in_context");
+}
+
+namespace {
+constexpr double kNormEps = 1e-6;  // DiT's LayerNorms use 1e-6, not PyTorch's 1e-5
+
+bool is_adaptive(Conditioning c) {
+  return c == Conditioning::kAdaLNZero || c == Conditioning::kAdaLN;
+}
+
+// LayerNorm without affine parameters (DiT's norm1/norm2/norm_final under adaLN).
+at::Tensor plain_norm(const at::Tensor& x) {
+  return at::layer_norm(x, {x.size(-1)}, {}, {}, kNormEps);
+}
+
+torch::nn::LayerNorm affine_norm(int64_t dim) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(kNormEps));
+}
+
+// x * (1 + scale) + shift, with [N, D] modulation broadcast over tokens.
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1);
+}
+
+torch::nn::Sequential modulation(int64_t dim, int64_t chunks) {
+  return torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(dim, chunks * dim));
+}
+}  // namespace
+
+DiTBlockImpl::DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ratio,
+                           Conditioning conditioning)
+    : conditioning(conditioning) {
+  if (!is_adaptive(conditioning)) norm1 = register_module("norm1", affine_norm(hidden_size));
+  attn = register_module("attn", Attention(hidden_size, num_heads));
+  if (conditioning == Conditioning::kCrossAttention) {
+    norm_cross = register_module("norm_cross", affine_norm(hidden_size));
+    cross_attn = register_module("cross_attn", CrossAttention(hidden_size, num_heads));
+  }
+  if (!is_adaptive(conditioning)) norm2 = register_module("norm2", affine_norm(hidden_size));
+  mlp = register_module("mlp", Mlp(hidden_size, static_cast<int64_t>(hidden_size * mlp_ratio)));
+  if (conditioning == Conditioning::kAdaLNZero) {
+    adaLN_modulation = register_module("adaLN_modulation", modulation(hidden_size, 6));
+  } else if (conditioning == Conditioning::kAdaLN) {
+    adaLN_modulation = register_module("adaLN_modulation", modulation(hidden_size, 4));
+  }
+}
+
+at::Tensor DiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& cond) {
+  switch (conditioning) {
+    case Conditioning::kAdaLNZero: {
+      // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp: each [N, D]
+      auto m = adaLN_modulation->forward(cond).chunk(6, 1);
+      auto h = x + m[2].unsqueeze(1) * attn->forward(modulate(plain_norm(x), m[0], m[1]));
+      return h + m[5].unsqueeze(1) * mlp->forward(modulate(plain_norm(h), m[3], m[4]));
+    }
+    case Conditioning::kAdaLN: {
+      // The paper's adaLN: shift and scale regressed from c, no gates.
+      auto m = adaLN_modulation->forward(cond).chunk(4, 1);
+      auto h = x + attn->forward(modulate(plain_norm(x), m[0], m[1]));
+      return h + mlp->forward(modulate(plain_norm(h), m[2], m[3]));
+    }
+    case Conditioning::kCrossAttention: {
+      auto h = x + attn->forward(norm1->forward(x));
+      h = h + cross_attn->forward(norm_cross->forward(h), cond);
+      return h + mlp->forward(norm2->forward(h));
+    }
+    case Conditioning::kInContext: {
+      auto h = x + attn->forward(norm1->forward(x));
+      return h + mlp->forward(norm2->forward(h));
+    }
+  }
+  DITLAB_ASSERT(false, "unhandled conditioning");
+  return x;
+}
+
+FinalLayerImpl::FinalLayerImpl(int64_t hidden_size, int64_t patch_size, int64_t out_channels,
+                               bool adaptive)
+    : adaptive(adaptive) {
+  if (!adaptive) norm_final = register_module("norm_final", affine_norm(hidden_size));
+  linear = register_module("linear",
+                           torch::nn::Linear(hidden_size, patch_size * patch_size * out_channels));
+  if (adaptive) adaLN_modulation = register_module("adaLN_modulation", modulation(hidden_size, 2));
+}
+
+at::Tensor FinalLayerImpl::forward(const at::Tensor& x, const at::Tensor& c) {
+  if (!adaptive) return linear->forward(norm_final->forward(x));
+  auto m = adaLN_modulation->forward(c).chunk(2, 1);  // shift, scale
+  return linear->forward(modulate(plain_norm(x), m[0], m[1]));
+}
+
+DiT::DiT(const DiTOptions& o) : options_(o) {
+  auto positive = [](const char* key, int64_t v) {
+    if (v < 1) throw ConfigError(std::string("model.") + key + " must be >= 1 (got " +
+                                 std::to_string(v) + ")");
+  };
+  positive("input_size", o.input_size);
+  positive("patch_size", o.patch_size);
+  positive("in_channels", o.in_channels);
+  positive("hidden_size", o.hidden_size);
+  positive("depth", o.depth);
+  positive("num_heads", o.num_heads);
+  positive("num_classes", o.num_classes);
+  if (o.input_size % o.patch_size != 0) {
+    throw ConfigError("model.input_size " + std::to_string(o.input_size) +
+                      " is not divisible by model.patch_size " + std::to_string(o.patch_size));
+  }
+  const int64_t grid = o.input_size / o.patch_size;
+  const int64_t out_channels = o.learn_sigma ? 2 * o.in_channels : o.in_channels;
+
+  x_embedder = register_module("x_embedder", PatchEmbed(o.in_channels, o.hidden_size, o.patch_size));
+  t_embedder = register_module("t_embedder", TimestepEmbedder(o.hidden_size));
+  y_embedder = register_module("y_embedder",
+                               LabelEmbedder(o.num_classes, o.hidden_size, o.with_null_class));
+  pos_embed = register_parameter("pos_embed",
+                                 sincos_pos_embed_2d(o.hidden_size, grid).unsqueeze(0),
+                                 /*requires_grad=*/false);
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.depth; ++i) {
+    blocks->push_back(DiTBlock(o.hidden_size, o.num_heads, o.mlp_ratio, o.conditioning));
+  }
+  final_layer = register_module(
+      "final_layer",
+      FinalLayer(o.hidden_size, o.patch_size, out_channels, is_adaptive(o.conditioning)));
+  initialize_weights();
+}
+
+void DiT::initialize_weights() {
+  namespace init = torch::nn::init;
+  torch::NoGradGuard no_grad;
+  for (auto& module : modules(/*include_self=*/false)) {
+    if (auto* linear = module->as<torch::nn::Linear>()) {
+      init::xavier_uniform_(linear->weight);
+      init::zeros_(linear->bias);
+    }
+  }
+  // The patch embedding is initialised like a Linear over its flattened (C*p*p) inputs.
+  auto w = x_embedder->proj->weight;
+  init::xavier_uniform_(w.view({w.size(0), -1}));
+  init::zeros_(x_embedder->proj->bias);
+  init::normal_(y_embedder->embedding_table->weight, 0.0, 0.02);
+  init::normal_(t_embedder->mlp[0]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
+  init::normal_(t_embedder->mlp[2]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
+  // adaLN-Zero: every block starts as the identity, and the network outputs exactly zero.
+  if (options_.conditioning == Conditioning::kAdaLNZero) {
+    for (auto& block : *blocks) {
+      auto* linear = block->as<DiTBlockImpl>()->adaLN_modulation[1]->as<torch::nn::Linear>();
+      init::zeros_(linear->weight);
+      init::zeros_(linear->bias);
+    }
+  }
+  if (final_layer->adaptive) {
+    auto* linear = final_layer->adaLN_modulation[1]->as<torch::nn::Linear>();
+    init::zeros_(linear->weight);
+    init::zeros_(linear->bias);
+  }
+  init::zeros_(final_layer->linear->weight);
+  init::zeros_(final_layer->linear->bias);
+}
+
+at::Tensor DiT::unpatchify(const at::Tensor& tokens) const {
+  const int64_t p = options_.patch_size, c = shape().out_channels;
+  const int64_t h = options_.input_size / p, n = tokens.size(0);
+  auto x = tokens.reshape({n, h, h, p, p, c});  // [N, T, p*p*C] -> [N, h, w, p, q, C]
+  x = x.permute({0, 5, 1, 3, 2, 4});            // -> [N, C, h, p, w, q]
+  return x.reshape({n, c, h * p, h * p});       // -> [N, C, H, W]
+}
+
+BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
+  const auto& o = options_;
+  if (x.dim() != 4 || x.size(1) != o.in_channels || x.size(2) != o.input_size ||
+      x.size(3) != o.input_size) {
+    std::ostringstream msg;
+    msg << "DiT expects x of shape [N, " << o.in_channels << ", " << o.input_size << ", "
+        << o.input_size << "], got " << x.sizes();
+    throw ShapeError(msg.str());
+  }
+  auto tokens = x_embedder->forward(x) + pos_embed;  // [N, T, D]
+  auto t_emb = t_embedder->forward(t);               // [N, D]
+  auto y_emb = y_embedder->forward(y);               // [N, D]
+  at::Tensor cond;
+  if (is_adaptive(o.conditioning)) {
+    cond = t_emb + y_emb;
+  } else if (o.conditioning == Conditioning::kCrossAttention) {
+    cond = at::stack({t_emb, y_emb}, 1);  // [N, 2, D]
+  } else {
+    tokens = at::cat({t_emb.unsqueeze(1), y_emb.unsqueeze(1), tokens}, 1);  // [N, 2 + T, D]
+  }
+  for (auto& block : *blocks) tokens = block->as<DiTBlockImpl>()->forward(tokens, cond);
+  if (o.conditioning == Conditioning::kInContext) tokens = tokens.narrow(1, 2, tokens.size(1) - 2);
+  auto out = final_layer->forward(tokens, is_adaptive(o.conditioning) ? cond : at::Tensor());
+  return {unpatchify(out), {}, {}};
+}
+
+BackboneShape DiT::shape() const {
+  const auto& o = options_;
+  return {o.input_size, o.in_channels, o.learn_sigma ? 2 * o.in_channels : o.in_channels,
+          o.num_classes};
+}
+
+}  // namespace ditlab

@@ -1,0 +1,94 @@
+// DiT: "Scalable Diffusion Models with Transformers" (Peebles & Xie), mirroring
+// facebookresearch/DiT models.py. Registered names are the official state-dict keys, so official
+// checkpoints load without remapping.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <string>
+
+#include "models/backbone.h"
+#include "models/layers/attention.h"
+#include "models/layers/embeddings.h"
+
+namespace ditlab {
+
+// How (t, y) reach the blocks: the four designs of the DiT paper's Figure 3 ablation.
+enum class Conditioning { kAdaLNZero, kAdaLN, kCrossAttention, kInContext };
+Conditioning parse_conditioning(const std::string& name);
+
+struct DiTOptions {
+  int64_t input_size = 32;
+  int64_t patch_size = 2;
+  int64_t in_channels = 4;
+  int64_t hidden_size = 1152;
+  int64_t depth = 28;
+  int64_t num_heads = 16;
+  double mlp_ratio = 4.0;
+  int64_t num_classes = 1000;
+  bool learn_sigma = true;
+  bool with_null_class = true;  // the extra embedding row for guidance (label dropout > 0)
+  Conditioning conditioning = Conditioning::kAdaLNZero;
+};
+
+// One transformer block under any conditioning variant. adaLN-Zero is the official DiTBlock.
+class DiTBlockImpl : public torch::nn::Module {
+ public:
+  DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ratio, Conditioning conditioning);
+  // x [N, T, D]; c [N, D] (adaLN variants) or context [N, 2, D] (cross-attention); in-context
+  // blocks ignore `cond` (the condition tokens are part of x).
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cond);
+
+  Conditioning conditioning;
+  Attention attn{nullptr};
+  Mlp mlp{nullptr};
+  torch::nn::Sequential adaLN_modulation{nullptr};          // adaLN variants
+  torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};      // affine; non-adaLN variants
+  torch::nn::LayerNorm norm_cross{nullptr};                 // cross-attention
+  CrossAttention cross_attn{nullptr};                       // cross-attention
+};
+TORCH_MODULE(DiTBlock);
+
+// DiT's FinalLayer: norm, (adaptive shift and scale), Linear to p*p*C_out per token.
+class FinalLayerImpl : public torch::nn::Module {
+ public:
+  FinalLayerImpl(int64_t hidden_size, int64_t patch_size, int64_t out_channels, bool adaptive);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& c);  // [N,T,D] -> [N,T,p*p*C_out]
+
+  bool adaptive;
+  torch::nn::Sequential adaLN_modulation{nullptr};
+  torch::nn::LayerNorm norm_final{nullptr};  // affine, only when not adaptive
+  torch::nn::Linear linear{nullptr};
+};
+TORCH_MODULE(FinalLayer);
+
+class DiT : public Backbone {
+ public:
+  explicit DiT(const DiTOptions& options);
+
+  BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
+  BackboneShape shape() const override;
+  const DiTOptions& options() const { return options_; }
+
+  // The official initialisation (DiT.initialize_weights).
+  void initialize_weights();
+
+  // [N, T, p*p*C] -> [N, C, H, W]; each token's vector is ordered (p_row, p_col, channel).
+  at::Tensor unpatchify(const at::Tensor& tokens) const;
+
+  PatchEmbed x_embedder{nullptr};
+  TimestepEmbedder t_embedder{nullptr};
+  LabelEmbedder y_embedder{nullptr};
+  at::Tensor pos_embed;  // [1, T, D], fixed (requires_grad false) but in the state dict
+  torch::nn::ModuleList blocks{nullptr};
+  FinalLayer final_layer{nullptr};
+
+ private:
+  DiTOptions options_;
+};
+
+}  // namespace ditlab

@@ -1,0 +1,69 @@
+#include "models/layers/attention.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "src/common/compat.h"
+#include "src/common/error.h"
+
+namespace ditlab {
+
+namespace {
+// [N, T, D] -> [N, H, T, D/H]
+at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+}
+// [N, H, T, D/H] -> [N, T, D]
+at::Tensor merge_heads(const at::Tensor& x) {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+void check_heads(int64_t dim, int64_t heads) {
+  if (heads < 1 || dim % heads != 0) {
+    throw ShapeError("hidden_size " + std::to_string(dim) + " is not divisible by num_heads " +
+                     std::to_string(heads));
+  }
+}
+}  // namespace
+
+AttentionImpl::AttentionImpl(int64_t dim, int64_t num_heads) : num_heads(num_heads) {
+  check_heads(dim, num_heads);
+  qkv = register_module("qkv", torch::nn::Linear(dim, 3 * dim));
+  proj = register_module("proj", torch::nn::Linear(dim, dim));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x) {
+  const int64_t n = x.size(0), t = x.size(1), d = x.size(2), head_dim = d / num_heads;
+  // [N, T, 3D] -> [N, T, 3, H, Dh] -> [3, N, H, T, Dh]
+  auto qkv_heads = qkv->forward(x).view({n, t, 3, num_heads, head_dim}).permute({2, 0, 3, 1, 4});
+  auto out = compat::scaled_dot_product_attention(qkv_heads[0], qkv_heads[1], qkv_heads[2],
+                                                  1.0 / std::sqrt(static_cast<double>(head_dim)));
+  return proj->forward(merge_heads(out));
+}
+
+CrossAttentionImpl::CrossAttentionImpl(int64_t dim, int64_t num_heads) : num_heads(num_heads) {
+  check_heads(dim, num_heads);
+  q = register_module("q", torch::nn::Linear(dim, dim));
+  kv = register_module("kv", torch::nn::Linear(dim, 2 * dim));
+  proj = register_module("proj", torch::nn::Linear(dim, dim));
+}
+
+at::Tensor CrossAttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
+  const int64_t head_dim = x.size(2) / num_heads;
+  auto kv_parts = kv->forward(context).chunk(2, -1);  // [N, S, 2D] -> 2 x [N, S, D]
+  auto out = compat::scaled_dot_product_attention(
+      split_heads(q->forward(x), num_heads), split_heads(kv_parts[0], num_heads),
+      split_heads(kv_parts[1], num_heads), 1.0 / std::sqrt(static_cast<double>(head_dim)));
+  return proj->forward(merge_heads(out));
+}
+
+MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
+  fc1 = register_module("fc1", torch::nn::Linear(dim, hidden_dim));
+  fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, dim));
+}
+
+at::Tensor MlpImpl::forward(const at::Tensor& x) {
+  return fc2->forward(at::gelu(fc1->forward(x), "tanh"));
+}
+
+}  // namespace ditlab

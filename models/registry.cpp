@@ -1,0 +1,115 @@
+#include "models/registry.h"
+
+#include <functional>
+
+#include "models/dit/dit.h"
+#include "src/common/error.h"
+
+namespace ditlab {
+namespace {
+
+struct Preset {
+  const char* name;
+  const char* family;
+  int64_t depth, hidden_size, num_heads, patch_size;
+};
+
+// The DiT paper's Table 1 (depth, width, heads) crossed with patch sizes 2, 4 and 8.
+const std::vector<Preset>& presets() {
+  static const std::vector<Preset> table = {
+      {"DiT-S/2", "dit", 12, 384, 6, 2},    {"DiT-S/4", "dit", 12, 384, 6, 4},
+      {"DiT-S/8", "dit", 12, 384, 6, 8},    {"DiT-B/2", "dit", 12, 768, 12, 2},
+      {"DiT-B/4", "dit", 12, 768, 12, 4},   {"DiT-B/8", "dit", 12, 768, 12, 8},
+      {"DiT-L/2", "dit", 24, 1024, 16, 2},  {"DiT-L/4", "dit", 24, 1024, 16, 4},
+      {"DiT-L/8", "dit", 24, 1024, 16, 8},  {"DiT-XL/2", "dit", 28, 1152, 16, 2},
+      {"DiT-XL/4", "dit", 28, 1152, 16, 4}, {"DiT-XL/8", "dit", 28, 1152, 16, 8},
+  };
+  return table;
+}
+
+std::shared_ptr<Backbone> build_dit(const ModelConfig& c) {
+  DiTOptions o;
+  o.input_size = c.input_size;
+  o.patch_size = c.patch_size;
+  o.in_channels = c.in_channels;
+  o.hidden_size = c.hidden_size;
+  o.depth = c.depth;
+  o.num_heads = c.num_heads;
+  o.mlp_ratio = c.mlp_ratio;
+  o.num_classes = c.num_classes;
+  o.learn_sigma = c.learn_sigma;
+  o.with_null_class = c.class_dropout_prob > 0.0;
+  o.conditioning = parse_conditioning(c.conditioning);
+  return std::make_shared<DiT>(o);
+}
+
+struct Family {
+  const char* name;
+  std::function<std::shared_ptr<Backbone>(const ModelConfig&)> build;
+};
+
+const std::vector<Family>& families() {
+  static const std::vector<Family> table = {{"dit", build_dit}};
+  return table;
+}
+
+const Family& family_for(const std::string& model_name, const Preset** preset) {
+  *preset = nullptr;
+  std::string family = model_name;
+  for (const auto& p : presets()) {
+    if (model_name == p.name) {
+      *preset = &p;
+      family = p.family;
+    }
+  }
+  for (const auto& f : families()) {
+    if (family == f.name) return f;
+  }
+  std::string msg = "model.name '" + model_name + "' is unknown; valid names:";
+  for (const auto& name : model_names()) msg += " " + name;
+  throw ConfigError(msg);
+}
+
+}  // namespace
+
+std::vector<std::string> model_names() {
+  std::vector<std::string> names;
+  for (const auto& f : families()) names.push_back(f.name);
+  for (const auto& p : presets()) names.push_back(p.name);
+  return names;
+}
+
+ModelConfig resolve_model_config(const ModelConfig& config) {
+  const Preset* preset = nullptr;
+  family_for(config.name, &preset);
+  ModelConfig c = config;
+  if (preset) {
+    if (c.depth == 0) c.depth = preset->depth;
+    if (c.hidden_size == 0) c.hidden_size = preset->hidden_size;
+    if (c.num_heads == 0) c.num_heads = preset->num_heads;
+    if (c.patch_size == 0) c.patch_size = preset->patch_size;
+  }
+  auto require = [&](const char* key, int64_t value) {
+    if (value < 1) {
+      throw ConfigError("model." + std::string(key) + " is not set: model.name '" + c.name +
+                        "' is a family, so it needs an explicit value (or use a preset such as "
+                        "DiT-S/2)");
+    }
+  };
+  require("depth", c.depth);
+  require("hidden_size", c.hidden_size);
+  require("num_heads", c.num_heads);
+  require("patch_size", c.patch_size);
+  require("input_size", c.input_size);
+  require("in_channels", c.in_channels);
+  require("num_classes", c.num_classes);
+  return c;
+}
+
+std::shared_ptr<Backbone> build_backbone(const ModelConfig& config) {
+  const Preset* preset = nullptr;
+  const Family& family = family_for(config.name, &preset);
+  return family.build(resolve_model_config(config));
+}
+
+}  // namespace ditlab

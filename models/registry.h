@@ -1,0 +1,24 @@
+// model.name -> backbone. A name is a preset (a table row such as DiT-XL/2) or a family
+// (such as dit) whose sizes come from the config. A miss lists every valid name.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/backbone.h"
+#include "src/config/experiment_config.h"
+
+namespace ditlab {
+
+// Fills the sizes a preset defines (where the config left them 0) and checks that everything a
+// backbone needs is set; throws ConfigError naming the key otherwise. input_size, in_channels
+// and num_classes must already be resolved (from the data) before this is called.
+ModelConfig resolve_model_config(const ModelConfig& config);
+
+// Builds the backbone for a resolved config, with its official initialisation.
+std::shared_ptr<Backbone> build_backbone(const ModelConfig& config);
+
+// Every valid model.name: families first, then presets.
+std::vector<std::string> model_names();
+
+}  // namespace ditlab

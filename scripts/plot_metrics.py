@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Plots a run's training curves from <run_dir>/metrics.jsonl into a PNG.
+
+usage: scripts/plot_metrics.py RUN_DIR [--out FILE.png] [--keys loss,mse,vb]
+Runs with Debian's python3-matplotlib (/usr/bin/python3).
+"""
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt
+
+
+def read_metrics(path):
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                sys.exit(f"{path}:{number}: not a JSON object ({e})")
+    if not records:
+        sys.exit(f"{path}: no records")
+    return records
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    parser.add_argument("--keys", default="loss,mse,vb", help="comma-separated metrics to plot")
+    args = parser.parse_args()
+    path = os.path.join(args.run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"{path}: not found (is {args.run_dir} a ditlab run directory?)")
+    records = read_metrics(path)
+    keys = [k for k in args.keys.split(",") if k]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if not points:
+            sys.exit(f"{path}: no values for '{key}' (available: {', '.join(records[0])})")
+        ax.plot(*zip(*points), label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("per-sample loss (window mean)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title(os.path.basename(os.path.normpath(args.run_dir)))
+    fig.tight_layout()
+    out = args.out or os.path.join(args.run_dir, "loss.png")
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+// One function per subcommand (each in its own file); each returns the process exit code.
+#pragma once
+
+namespace ditlab::cli {
+
+int run_train(int argc, char** argv);
+int run_sample(int argc, char** argv);
+int run_forward(int argc, char** argv);
+int run_config(int argc, char** argv);
+
+}  // namespace ditlab::cli

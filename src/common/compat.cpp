@@ -1,0 +1,87 @@
+#include "src/common/compat.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <torch/cuda.h>
+
+namespace ditlab::compat {
+
+#define DITLAB_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) ||         \
+   (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+std::string torch_version() {
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+}
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& v, double scale) {
+#if DITLAB_TORCH_AT_LEAST(2, 1)
+  return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                          /*is_causal=*/false, scale);
+#else
+  // [N, H, Tq, Dh] x [N, H, Dh, Tk] -> [N, H, Tq, Tk]
+  auto weights = at::matmul(q * scale, k.transpose(-2, -1)).softmax(-1);
+  return at::matmul(weights, v);  // [N, H, Tq, Dh]
+#endif
+}
+
+namespace {
+#if DITLAB_TORCH_AT_LEAST(2, 4)
+bool autocast_enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
+void set_autocast_enabled(c10::DeviceType d, bool on) { at::autocast::set_autocast_enabled(d, on); }
+c10::ScalarType autocast_dtype(c10::DeviceType d) { return at::autocast::get_autocast_dtype(d); }
+void set_autocast_dtype(c10::DeviceType d, c10::ScalarType t) {
+  at::autocast::set_autocast_dtype(d, t);
+}
+#else
+bool autocast_enabled(c10::DeviceType d) {
+  return d == c10::DeviceType::CUDA ? at::autocast::is_enabled() : at::autocast::is_cpu_enabled();
+}
+void set_autocast_enabled(c10::DeviceType d, bool on) {
+  if (d == c10::DeviceType::CUDA) {
+    at::autocast::set_enabled(on);
+  } else {
+    at::autocast::set_cpu_enabled(on);
+  }
+}
+c10::ScalarType autocast_dtype(c10::DeviceType d) {
+  return d == c10::DeviceType::CUDA ? at::autocast::get_autocast_gpu_dtype()
+                                    : at::autocast::get_autocast_cpu_dtype();
+}
+void set_autocast_dtype(c10::DeviceType d, c10::ScalarType t) {
+  if (d == c10::DeviceType::CUDA) {
+    at::autocast::set_autocast_gpu_dtype(t);
+  } else {
+    at::autocast::set_autocast_cpu_dtype(t);
+  }
+}
+#endif
+}  // namespace
+
+AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled)
+    : device_(device), enabled_(enabled) {
+  if (!enabled_) return;
+  previous_ = autocast_enabled(device_);
+  previous_dtype_ = autocast_dtype(device_);
+  set_autocast_dtype(device_, dtype);
+  set_autocast_enabled(device_, true);
+  at::autocast::increment_nesting();
+}
+
+AutocastGuard::~AutocastGuard() {
+  if (!enabled_) return;
+  // Leaving the outermost autocast region frees the cast-weight cache, as Python's autocast does.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  set_autocast_enabled(device_, previous_);
+  set_autocast_dtype(device_, previous_dtype_);
+}
+
+bool bf16_supported(const c10::Device& device) {
+  // Every GPU LibTorch 2.x supports for training runs bf16 at least through emulation; Ampere
+  // and later run it natively. On CPUs bf16 autocast is slower than fp32 here, so it is off.
+  return device.is_cuda();
+}
+
+}  // namespace ditlab::compat

@@ -1,0 +1,91 @@
+// The typed experiment configuration. Defaults live here, in the member initialisers, and
+// nowhere else; `option_table.cpp` names every key, its help text and its valid range, and
+// docs/config.md is generated from both (`dit config --docs`).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace ditlab {
+
+struct ModelConfig {
+  std::string name = "DiT-S/4";  // a preset (DiT-XL/2 ...) or a family name (dit)
+  int64_t depth = 0;             // 0: take it from the preset
+  int64_t hidden_size = 0;
+  int64_t num_heads = 0;
+  int64_t patch_size = 0;
+  double mlp_ratio = 4.0;
+  int64_t input_size = 0;   // 0: from the dataset (image size / autoencoder downsampling)
+  int64_t in_channels = 0;  // 0: from the dataset
+  int64_t num_classes = 0;  // 0: from the dataset
+  bool learn_sigma = true;
+  double class_dropout_prob = 0.1;
+  std::string conditioning = "adaln_zero";
+};
+
+struct DiffusionConfig {
+  int64_t steps = 1000;
+  std::string schedule = "linear";
+  double beta_start = 1e-4;
+  double beta_end = 0.02;
+};
+
+struct DataConfig {
+  std::string name = "fashion_mnist";
+  std::string path = "/usr/share/datasets/fashion-mnist";
+  std::string split = "train";
+  int64_t image_size = 32;
+  int64_t limit = 0;  // 0: the whole split; N: its first N images (debug runs)
+  bool random_flip = false;
+  int64_t prefetch = 2;
+};
+
+struct TrainConfig {
+  int64_t steps = 2000;
+  int64_t global_batch_size = 32;
+  int64_t grad_accum_steps = 1;
+  double lr = 1e-4;
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_eps = 1e-8;
+  double grad_clip = 0.0;  // 0: no clipping
+  double ema_decay = 0.9999;
+  bool ema_warmup = false;  // decay min(ema_decay, (1 + s) / (10 + s)) at step s
+  int64_t seed = 0;
+  std::string precision = "auto";
+  std::string device = "auto";
+  int64_t threads = 0;  // 0: LibTorch's default
+  int64_t log_every = 50;
+};
+
+struct CheckpointConfig {
+  int64_t every = 0;  // 0: only the final weights
+};
+
+struct SampleConfig {
+  std::string sampler = "ddim";
+  int64_t steps = 50;
+  double eta = 0.0;
+  bool clip_denoised = true;  // clamp predicted x0 to [-1, 1]: right for pixels, not latents
+  double cfg_scale = 4.0;
+  int64_t cfg_channels = 0;  // 0: every predicted-noise channel; 3 reproduces the official DiT
+  int64_t num_per_class = 8;
+  int64_t seed = 0;
+  bool at_end = true;  // draw a sample grid when training ends
+};
+
+struct RunConfig {
+  std::string dir = "runs/default";
+};
+
+struct ExperimentConfig {
+  ModelConfig model;
+  DiffusionConfig diffusion;
+  DataConfig data;
+  TrainConfig train;
+  CheckpointConfig checkpoint;
+  SampleConfig sample;
+  RunConfig run;
+};
+
+}  // namespace ditlab

@@ -1,0 +1,236 @@
+#include "src/config/option_table.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "src/common/error.h"
+
+namespace ditlab {
+namespace {
+
+template <class T>
+using Accessor = T& (*)(ExperimentConfig&);
+
+[[noreturn]] void bad_value(const std::string& key, const YAML::Node& value,
+                            const std::string& source, const std::string& expected) {
+  std::string shown = value.IsScalar() ? "'" + value.Scalar() + "'"
+                      : value.IsMap()  ? "a map"
+                      : value.IsSequence() ? "a list"
+                                           : "nothing";
+  throw ConfigError(source + ": key '" + key + "' has value " + shown + ", expected " + expected);
+}
+
+std::string format_double(double v) {
+  std::ostringstream out;
+  out.precision(std::numeric_limits<double>::max_digits10);
+  out << v;
+  std::string s = out.str();
+  // Keep floats recognisable as floats when read back ("1" would parse as an int elsewhere).
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
+  return s;
+}
+
+OptionSpec int_option(const char* key, Accessor<int64_t> field, int64_t lo, int64_t hi,
+                      std::string help) {
+  std::string range = hi == std::numeric_limits<int64_t>::max()
+                          ? ">= " + std::to_string(lo)
+                          : std::to_string(lo) + " .. " + std::to_string(hi);
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    int64_t parsed = 0;
+    try {
+      if (!v.IsScalar()) throw YAML::BadConversion(YAML::Mark());
+      parsed = v.as<int64_t>();
+    } catch (const YAML::Exception&) {
+      bad_value(key, v, src, "an integer (" + range + ")");
+    }
+    if (parsed < lo || parsed > hi) bad_value(key, v, src, "an integer in " + range);
+    field(c) = parsed;
+  };
+  auto get = [=](const ExperimentConfig& c) {
+    return std::to_string(field(const_cast<ExperimentConfig&>(c)));
+  };
+  return {key, "int", range, std::move(help), set, get};
+}
+
+// lo_open: the lower bound itself is not allowed (learning rates must be > 0).
+OptionSpec float_option(const char* key, Accessor<double> field, double lo, double hi,
+                        bool lo_open, std::string help) {
+  std::string range = (lo_open ? "> " : ">= ") + format_double(lo);
+  if (hi != std::numeric_limits<double>::infinity()) range += " and <= " + format_double(hi);
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    double parsed = 0;
+    try {
+      if (!v.IsScalar()) throw YAML::BadConversion(YAML::Mark());
+      parsed = v.as<double>();
+    } catch (const YAML::Exception&) {
+      bad_value(key, v, src, "a number (" + range + ")");
+    }
+    bool ok = std::isfinite(parsed) && (lo_open ? parsed > lo : parsed >= lo) && parsed <= hi;
+    if (!ok) bad_value(key, v, src, "a number " + range);
+    field(c) = parsed;
+  };
+  auto get = [=](const ExperimentConfig& c) {
+    return format_double(field(const_cast<ExperimentConfig&>(c)));
+  };
+  return {key, "float", range, std::move(help), set, get};
+}
+
+OptionSpec bool_option(const char* key, Accessor<bool> field, std::string help) {
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    try {
+      if (!v.IsScalar()) throw YAML::BadConversion(YAML::Mark());
+      field(c) = v.as<bool>();
+    } catch (const YAML::Exception&) {
+      bad_value(key, v, src, "true or false");
+    }
+  };
+  auto get = [=](const ExperimentConfig& c) {
+    return std::string(field(const_cast<ExperimentConfig&>(c)) ? "true" : "false");
+  };
+  return {key, "bool", "true, false", std::move(help), set, get};
+}
+
+// choices empty: any non-empty string.
+OptionSpec string_option(const char* key, Accessor<std::string> field,
+                         std::vector<std::string> choices, std::string help) {
+  std::string range = "non-empty";
+  if (!choices.empty()) {
+    range = "one of:";
+    for (const auto& ch : choices) range += " " + ch;
+  }
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    if (!v.IsScalar() || v.Scalar().empty()) bad_value(key, v, src, "a string (" + range + ")");
+    const std::string& s = v.Scalar();
+    if (!choices.empty() && std::find(choices.begin(), choices.end(), s) == choices.end()) {
+      bad_value(key, v, src, range);
+    }
+    field(c) = s;
+  };
+  auto get = [=](const ExperimentConfig& c) { return field(const_cast<ExperimentConfig&>(c)); };
+  return {key, "string", range, std::move(help), set, get};
+}
+
+// FIELD(train.lr) expands to the key "train.lr" and an accessor of that member, so the key
+// names and the struct can never drift apart.
+#define FIELD(path) #path, [](ExperimentConfig& c) -> auto& { return c.path; }
+
+constexpr int64_t kNoMax = std::numeric_limits<int64_t>::max();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+std::vector<OptionSpec> build_table() {
+  return {
+      string_option(FIELD(model.name), {},
+                    "Backbone preset (DiT-S/2 ... DiT-XL/8) or family (dit) with explicit sizes"),
+      int_option(FIELD(model.depth), 0, kNoMax, "Number of transformer blocks; 0 = preset's"),
+      int_option(FIELD(model.hidden_size), 0, kNoMax, "Token width D; 0 = preset's"),
+      int_option(FIELD(model.num_heads), 0, kNoMax, "Attention heads; 0 = preset's"),
+      int_option(FIELD(model.patch_size), 0, kNoMax, "Patch size p; 0 = preset's"),
+      float_option(FIELD(model.mlp_ratio), 0, kInf, true, "MLP hidden width / D"),
+      int_option(FIELD(model.input_size), 0, kNoMax,
+                 "Spatial size of the backbone's input; 0 = from the data"),
+      int_option(FIELD(model.in_channels), 0, kNoMax, "Input channels; 0 = from the data"),
+      int_option(FIELD(model.num_classes), 0, kNoMax, "Classes (without the null class); 0 = from the data"),
+      bool_option(FIELD(model.learn_sigma), "Predict the variance too (output channels x2)"),
+      float_option(FIELD(model.class_dropout_prob), 0, 1, false,
+                   "Probability of replacing a label by the null class (classifier-free guidance)"),
+      string_option(FIELD(model.conditioning), {"adaln_zero", "adaln", "cross_attention", "in_context"},
+                    "How t and y condition the blocks (the DiT paper's ablation)"),
+
+      int_option(FIELD(diffusion.steps), 1, kNoMax, "Diffusion steps T"),
+      string_option(FIELD(diffusion.schedule), {"linear", "cosine"}, "Noise schedule"),
+      float_option(FIELD(diffusion.beta_start), 0, 1, true, "First beta of the linear schedule (at T=1000)"),
+      float_option(FIELD(diffusion.beta_end), 0, 1, true, "Last beta of the linear schedule (at T=1000)"),
+
+      string_option(FIELD(data.name), {"fashion_mnist", "image_folder"}, "Dataset"),
+      string_option(FIELD(data.path), {}, "Dataset location (folder)"),
+      string_option(FIELD(data.split), {"train", "test", "all"}, "Fashion-MNIST split"),
+      int_option(FIELD(data.image_size), 8, kNoMax, "Side of the square training images"),
+      int_option(FIELD(data.limit), 0, kNoMax, "Use only the first N images; 0 = all"),
+      bool_option(FIELD(data.random_flip), "Random horizontal flips"),
+      int_option(FIELD(data.prefetch), 0, 64, "Batches prepared ahead of the training step"),
+
+      int_option(FIELD(train.steps), 1, kNoMax, "Optimizer steps"),
+      int_option(FIELD(train.global_batch_size), 1, kNoMax, "Images per optimizer step, all ranks together"),
+      int_option(FIELD(train.grad_accum_steps), 1, kNoMax, "Micro-batches per optimizer step"),
+      float_option(FIELD(train.lr), 0, kInf, true, "AdamW learning rate"),
+      float_option(FIELD(train.weight_decay), 0, kInf, false, "AdamW weight decay"),
+      float_option(FIELD(train.adam_beta1), 0, 1, false, "AdamW beta1"),
+      float_option(FIELD(train.adam_beta2), 0, 1, false, "AdamW beta2"),
+      float_option(FIELD(train.adam_eps), 0, kInf, true, "AdamW epsilon"),
+      float_option(FIELD(train.grad_clip), 0, kInf, false, "Max global gradient norm; 0 = off"),
+      float_option(FIELD(train.ema_decay), 0, 1, false, "EMA decay per step"),
+      bool_option(FIELD(train.ema_warmup), "EMA decay min(ema_decay, (1+s)/(10+s)) at step s"),
+      int_option(FIELD(train.seed), 0, kNoMax, "Seed of every random choice in the run"),
+      string_option(FIELD(train.precision), {"auto", "fp32", "bf16"},
+                    "Autocast precision; auto = bf16 on CUDA, fp32 on CPU"),
+      string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
+      int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
+      int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
+
+      int_option(FIELD(checkpoint.every), 0, kNoMax, "Steps between checkpoints; 0 = only at the end"),
+
+      string_option(FIELD(sample.sampler), {"ddpm", "ddim"}, "Sampler"),
+      int_option(FIELD(sample.steps), 1, kNoMax, "Sampling steps (respaced)"),
+      float_option(FIELD(sample.eta), 0, kInf, false, "DDIM eta (0 = deterministic)"),
+      bool_option(FIELD(sample.clip_denoised),
+                  "Clamp the predicted x0 to [-1, 1] (pixels; the official DiT turns it off for latents)"),
+      float_option(FIELD(sample.cfg_scale), 0, kInf, false, "Classifier-free guidance scale; 1 = none"),
+      int_option(FIELD(sample.cfg_channels), 0, kNoMax,
+                 "Guided output channels; 0 = all noise channels, 3 = official DiT"),
+      int_option(FIELD(sample.num_per_class), 1, kNoMax, "Samples per class in a grid"),
+      int_option(FIELD(sample.seed), 0, kNoMax, "Sampling seed"),
+      bool_option(FIELD(sample.at_end), "Write a sample grid when training ends"),
+
+      string_option(FIELD(run.dir), {}, "Run directory (config, logs, metrics, weights)"),
+  };
+}
+
+#undef FIELD
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+}  // namespace
+
+const std::vector<OptionSpec>& option_table() {
+  static const std::vector<OptionSpec> table = build_table();
+  return table;
+}
+
+const OptionSpec* find_option(const std::string& key) {
+  for (const auto& spec : option_table()) {
+    if (spec.key == key) return &spec;
+  }
+  return nullptr;
+}
+
+std::string closest_option(const std::string& key) {
+  std::string best;
+  size_t best_distance = std::numeric_limits<size_t>::max();
+  for (const auto& spec : option_table()) {
+    size_t d = edit_distance(key, spec.key);
+    if (d < best_distance) {
+      best_distance = d;
+      best = spec.key;
+    }
+  }
+  return best;
+}
+
+}  // namespace ditlab

@@ -1,0 +1,61 @@
+#include "src/io/module_weights.h"
+
+#include <torch/nn/module.h>
+
+#include <sstream>
+#include <vector>
+
+#include "src/common/error.h"
+#include "src/io/safetensors.h"
+
+namespace ditlab {
+
+std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) out[p.key()] = p.value();
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) out[b.key()] = b.value();
+  return out;
+}
+
+void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& weights,
+                     const std::string& source) {
+  auto own = state_dict(module);
+  std::vector<std::string> problems;
+  for (const auto& [name, tensor] : own) {
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      problems.push_back("missing key '" + name + "'");
+    } else if (it->second.sizes() != tensor.sizes()) {
+      std::ostringstream msg;
+      msg << "key '" << name << "' has shape " << it->second.sizes() << ", the model expects "
+          << tensor.sizes();
+      problems.push_back(msg.str());
+    }
+  }
+  for (const auto& [name, tensor] : weights) {
+    if (own.find(name) == own.end()) problems.push_back("unexpected key '" + name + "'");
+  }
+  if (!problems.empty()) {
+    std::string msg = source + ": weights do not fit the model (" +
+                      std::to_string(problems.size()) + " problems):";
+    for (size_t i = 0; i < problems.size() && i < 10; ++i) msg += "\n  " + problems[i];
+    if (problems.size() > 10) msg += "\n  ...";
+    throw ShapeError(msg);
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : own) tensor.copy_(weights.at(name));
+}
+
+void save_weights(const torch::nn::Module& module, const std::string& path,
+                  const std::map<std::string, std::string>& metadata) {
+  write_safetensors(path, state_dict(module), metadata);
+}
+
+std::map<std::string, std::string> load_weights(torch::nn::Module& module,
+                                                const std::string& path) {
+  auto file = read_safetensors(path);
+  load_state_dict(module, file.tensors, path);
+  return file.metadata;
+}
+
+}  // namespace ditlab

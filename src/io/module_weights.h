@@ -1,0 +1,29 @@
+// A module's state dict (registered parameters and buffers, by their dotted names) to and from
+// safetensors. Names are the official state-dict keys, so no remapping happens here.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <map>
+#include <string>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace ditlab {
+
+std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module);
+
+// Copies `weights` into the module strictly: a missing, unexpected or mis-shaped key is a
+// ShapeError naming it and `source`; nothing is modified unless every key fits.
+void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& weights,
+                     const std::string& source);
+
+void save_weights(const torch::nn::Module& module, const std::string& path,
+                  const std::map<std::string, std::string>& metadata = {});
+
+// Reads `path` and loads it strictly; returns the file's metadata.
+std::map<std::string, std::string> load_weights(torch::nn::Module& module,
+                                                const std::string& path);
+
+}  // namespace ditlab

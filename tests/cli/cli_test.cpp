@@ -1,0 +1,78 @@
+// The `dit` executable end to end: exit codes, messages and the files it writes.
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+
+#include "src/io/atomic_file.h"
+#include "src/io/safetensors.h"
+#include "tests/test_support.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+using ditlab::testing::dit_binary;
+using ditlab::testing::run_command;
+
+namespace {
+std::string debug_config() { return ditlab::testing::source_dir() + "/configs/debug/dit.yaml"; }
+}  // namespace
+
+TEST_CASE("dit reports usage errors with exit code 2 and config errors with 1", "[cli]") {
+  TempDir dir("cli");
+  CHECK(run_command(dit_binary(), dir / "log") == 2);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("usage: dit"));
+  CHECK(run_command(dit_binary() + " frobnicate", dir / "log") == 2);
+  CHECK(run_command(dit_binary() + " train --bogus", dir / "log") == 2);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("unknown option '--bogus'"));
+  CHECK(run_command(dit_binary() + " train --config " + debug_config() + " train.lrr=1", dir / "log") == 1);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("train.lrr") && Catch::Contains("train.lr"));
+  CHECK(run_command(dit_binary() + " train --config " + debug_config() + " data.path=" + dir.path() +
+                        " run.dir=" + (dir / "run"),
+                    dir / "log") == 1);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("train-images-idx3-ubyte.gz"));
+  CHECK(run_command(dit_binary() + " sample --weights " + (dir / "none.safetensors") + " --out " +
+                        (dir / "x.png"),
+                    dir / "log") == 1);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("none.safetensors"));
+  CHECK(run_command(dit_binary() + " config --docs", dir / "log") == 0);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("`train.lr`"));
+}
+
+TEST_CASE("dit train, then dit sample from the run directory or its weights", "[cli]") {
+  TempDir dir("cli");
+  auto run = dir / "run";
+  REQUIRE(run_command(dit_binary() + " train --config " + debug_config() + " train.steps=4 run.dir=" +
+                          run,
+                      dir / "train.log") == 0);
+#ifdef DITLAB_WITH_OPENCV
+  CHECK(std::filesystem::exists(run + "/samples.png"));
+  REQUIRE(run_command(dit_binary() + " sample --run-dir " + run + " --out " + (dir / "grid.png"),
+                      dir / "sample.log") == 0);
+  CHECK(std::filesystem::file_size(dir / "grid.png") > 1000);
+#endif
+  auto sample = [&](const std::string& source, const std::string& out, int seed) {
+    return run_command(dit_binary() + " sample " + source + " --num-per-class 3 --steps 4 --seed " +
+                           std::to_string(seed) + " --sampler ddpm --out " + out,
+                       dir / "sample.log");
+  };
+  REQUIRE(sample("--run-dir " + run, dir / "a.safetensors", 1) == 0);
+  REQUIRE(sample("--weights " + run + "/ema.safetensors", dir / "b.safetensors", 1) == 0);
+  REQUIRE(sample("--run-dir " + run, dir / "c.safetensors", 2) == 0);
+  auto a = read_safetensors(dir / "a.safetensors").tensors;
+  auto b = read_safetensors(dir / "b.safetensors").tensors;
+  auto c = read_safetensors(dir / "c.safetensors").tensors;
+  CHECK(a.at("samples").sizes() == at::IntArrayRef({30, 1, 32, 32}));
+  CHECK(a.at("labels").sizes() == at::IntArrayRef({30}));
+  CHECK(a.at("labels")[29].item<int64_t>() == 9);
+  CHECK(at::equal(a.at("samples"), b.at("samples")));  // same weights, same seed
+  CHECK_FALSE(at::equal(a.at("samples"), c.at("samples")));
+  CHECK(a.at("samples").abs().max().item<float>() <= 1.0f);
+  // Weights that do not fit the model named on the command line: the key is named.
+  CHECK(run_command(dit_binary() + " forward --model DiT-S/2 --weights " + run +
+                        "/ema.safetensors --inputs " + (dir / "a.safetensors") + " --output " +
+                        (dir / "o.safetensors"),
+                    dir / "forward.log") == 1);
+  CHECK_THAT(read_file(dir / "forward.log"), Catch::Contains("weights do not fit the model") &&
+                                                 Catch::Contains("the model expects"));
+}

@@ -1,0 +1,146 @@
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/config/option_table.h"
+#include "src/io/atomic_file.h"
+#include "tests/test_support.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+namespace {
+void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+// The message of the ConfigError that `fn` throws (fails the test if none).
+template <class Fn>
+std::string config_error(Fn fn) {
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  FAIL("expected a ConfigError");
+  return "";
+}
+}  // namespace
+
+TEST_CASE("no file gives the documented defaults", "[config]") {
+  auto c = load_experiment_config("");
+  CHECK(c.model.name == "DiT-S/4");
+  CHECK(c.train.lr == 1e-4);
+  CHECK(c.train.ema_decay == 0.9999);
+  CHECK(c.diffusion.steps == 1000);
+}
+
+TEST_CASE("a base file is overridden key by key, the command line wins over both", "[config]") {
+  TempDir dir("cfg");
+  write(dir / "base.yaml", "model:\n  name: DiT-B/2\n  depth: 3\ntrain:\n  lr: 0.5\n  steps: 7\n");
+  write(dir / "child.yaml", "base: base.yaml\ntrain:\n  lr: 0.25\n");
+  auto c = load_experiment_config(dir / "child.yaml", {"train.steps=9"});
+  CHECK(c.model.name == "DiT-B/2");  // from the base
+  CHECK(c.model.depth == 3);
+  CHECK(c.train.lr == 0.25);  // child over base
+  CHECK(c.train.steps == 9);  // command line over both
+}
+
+TEST_CASE("bases chain through several files and cycles are refused", "[config]") {
+  TempDir dir("cfg");
+  write(dir / "a.yaml", "train:\n  seed: 1\n  steps: 1\n");
+  write(dir / "b.yaml", "base: a.yaml\ntrain:\n  seed: 2\n");
+  write(dir / "c.yaml", "base: b.yaml\ntrain:\n  steps: 3\n");
+  auto c = load_experiment_config(dir / "c.yaml");
+  CHECK(c.train.seed == 2);
+  CHECK(c.train.steps == 3);
+  write(dir / "x.yaml", "base: y.yaml\n");
+  write(dir / "y.yaml", "base: x.yaml\n");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "x.yaml"); }),
+             Catch::Contains("cycle"));
+}
+
+TEST_CASE("an unknown key names the file, the key and the closest valid key", "[config]") {
+  TempDir dir("cfg");
+  write(dir / "e.yaml", "train:\n  lrr: 0.1\n");
+  auto msg = config_error([&] { load_experiment_config(dir / "e.yaml"); });
+  CHECK_THAT(msg, Catch::Contains("e.yaml"));
+  CHECK_THAT(msg, Catch::Contains("train.lrr"));
+  CHECK_THAT(msg, Catch::Contains("did you mean 'train.lr'"));
+  auto cli = config_error([] { load_experiment_config("", {"modle.name=DiT-S/2"}); });
+  CHECK_THAT(cli, Catch::Contains("command line"));
+  CHECK_THAT(cli, Catch::Contains("model.name"));
+}
+
+TEST_CASE("wrong types and out-of-range values name key, file and expectation", "[config]") {
+  TempDir dir("cfg");
+  struct Case {
+    std::string yaml, key, expected;
+  };
+  std::vector<Case> cases = {
+      {"train:\n  steps: many\n", "train.steps", "an integer"},
+      {"train:\n  steps: 2.5\n", "train.steps", "an integer"},
+      {"train:\n  steps: 0\n", "train.steps", ">= 1"},
+      {"train:\n  lr: -1\n", "train.lr", "> 0"},
+      {"train:\n  lr: fast\n", "train.lr", "a number"},
+      {"train:\n  ema_decay: 1.5\n", "train.ema_decay", "<= 1"},
+      {"model:\n  learn_sigma: maybe\n", "model.learn_sigma", "true or false"},
+      {"model:\n  conditioning: film\n", "model.conditioning", "adaln_zero"},
+      {"sample:\n  sampler: euler\n", "sample.sampler", "ddpm"},
+      {"train:\n  steps: [1, 2]\n", "train.steps", "an integer"},
+      {"model:\n  name: \"\"\n", "model.name", "a string"},
+  };
+  for (const auto& c : cases) {
+    write(dir / "bad.yaml", c.yaml);
+    auto msg = config_error([&] { load_experiment_config(dir / "bad.yaml"); });
+    INFO(msg);
+    CHECK_THAT(msg, Catch::Contains(c.key));
+    CHECK_THAT(msg, Catch::Contains("bad.yaml"));
+    CHECK_THAT(msg, Catch::Contains(c.expected));
+  }
+}
+
+TEST_CASE("malformed files and overrides are clear errors", "[config]") {
+  TempDir dir("cfg");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "missing.yaml"); }),
+             Catch::Contains("not found"));
+  write(dir / "syntax.yaml", "train: [unclosed\n");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "syntax.yaml"); }),
+             Catch::Contains("invalid YAML"));
+  write(dir / "list.yaml", "- a\n- b\n");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "list.yaml"); }),
+             Catch::Contains("expected a YAML map"));
+  CHECK_THAT(config_error([] { load_experiment_config("", {"train.steps"}); }),
+             Catch::Contains("key.sub=value"));
+}
+
+TEST_CASE("the resolved YAML reads back to the same config", "[config]") {
+  auto c = load_experiment_config("", {"model.name=dit", "train.lr=3e-4", "run.dir=a b/{time}",
+                                       "data.path=123", "model.learn_sigma=false"});
+  ExperimentConfig back;
+  apply_yaml_text(back, to_yaml(c), "resolved");
+  CHECK(differing_keys(c, back).empty());
+  CHECK(back.data.path == "123");  // stays a string
+  auto changed = c;
+  changed.train.lr = 1e-3;
+  CHECK(differing_keys(c, changed) == std::vector<std::string>{"train.lr"});
+}
+
+TEST_CASE("docs/config.md is the generated reference", "[config][docs]") {
+  auto path = ditlab::testing::source_dir() + "/docs/config.md";
+  INFO("regenerate with: build/dit config --docs > docs/config.md");
+  CHECK(read_file(path) == config_reference_markdown());
+}
+
+TEST_CASE("every shipped config loads", "[config]") {
+  namespace fs = std::filesystem;
+  int count = 0;
+  for (const auto& e : fs::recursive_directory_iterator(ditlab::testing::source_dir() + "/configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    INFO(e.path().string());
+    CHECK_NOTHROW(load_experiment_config(e.path().string()));
+    ++count;
+  }
+  CHECK(count >= 3);
+}

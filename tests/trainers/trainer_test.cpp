@@ -1,0 +1,137 @@
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "models/registry.h"
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/io/atomic_file.h"
+#include "src/io/safetensors.h"
+#include "tests/test_support.h"
+#include "trainers/ema.h"
+#include "trainers/sample_draws.h"
+#include "trainers/trainer.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+namespace {
+ExperimentConfig debug_config(const std::string& run_dir, std::vector<std::string> overrides = {}) {
+  overrides.push_back("run.dir=" + run_dir);
+  overrides.push_back("sample.at_end=false");
+  return load_experiment_config(ditlab::testing::source_dir() + "/configs/debug/dit.yaml", overrides);
+}
+
+std::vector<std::string> lines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) out.push_back(line);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[trainer]") {
+  TempDir dir("train");
+  auto run = dir / "run";
+  auto summary = train(debug_config(run, {"train.steps=40", "train.log_every=10"}), "test");
+  INFO("first " << summary.first_loss << " last " << summary.last_loss);
+  CHECK(summary.last_loss < 0.8 * summary.first_loss);
+  for (const char* file : {"config.yaml", "run_info.yaml", "train.log", "metrics.jsonl",
+                           "model.safetensors", "ema.safetensors"}) {
+    INFO(file);
+    CHECK(std::filesystem::exists(run + "/" + file));
+  }
+  auto metrics = lines(run + "/metrics.jsonl");
+  REQUIRE(metrics.size() == 4);
+  CHECK_THAT(metrics[0], Catch::StartsWith("{\"step\": 10, "));
+  CHECK_THAT(metrics[3], Catch::Contains("\"loss\": "));
+  auto info = read_file(run + "/run_info.yaml");
+  CHECK_THAT(info, Catch::Contains("libtorch_version"));
+  CHECK_THAT(info, Catch::Contains("ditlab_git_revision"));
+  // The resolved config, with the sizes taken from the data, reloads to the same config.
+  ExperimentConfig saved;
+  apply_yaml_text(saved, read_file(run + "/config.yaml"), "config.yaml");
+  CHECK(saved.model.in_channels == 1);
+  CHECK(saved.model.num_classes == 10);
+  CHECK(saved.train.steps == 40);
+  // The weights carry that config and load into the model it describes.
+  auto weights = read_safetensors(run + "/ema.safetensors");
+  CHECK(weights.metadata.at("config") == read_file(run + "/config.yaml"));
+  CHECK(weights.tensors.count("blocks.1.adaLN_modulation.1.weight") == 1);
+  // A second run into the same directory is refused instead of overwriting it.
+  CHECK_THROWS_WITH(train(debug_config(run), "test"), Catch::Contains("already holds a run"));
+}
+
+TEST_CASE("training is deterministic and independent of how the batch is split", "[trainer]") {
+  TempDir dir("train");
+  train(debug_config(dir / "a", {"train.steps=6"}), "test");
+  train(debug_config(dir / "b", {"train.steps=6"}), "test");
+  train(debug_config(dir / "c", {"train.steps=6", "train.grad_accum_steps=4"}), "test");
+  train(debug_config(dir / "d", {"train.steps=6", "train.seed=1"}), "test");
+  auto a = read_safetensors(dir / "a/model.safetensors").tensors;
+  auto b = read_safetensors(dir / "b/model.safetensors").tensors;
+  auto c = read_safetensors(dir / "c/model.safetensors").tensors;
+  auto d = read_safetensors(dir / "d/model.safetensors").tensors;
+  double max_split_diff = 0;
+  bool seed_matters = false;
+  for (const auto& [name, t] : a) {
+    INFO(name);
+    CHECK(at::equal(t, b.at(name)));  // same seed: bit-identical
+    max_split_diff = std::max(max_split_diff, (t - c.at(name)).abs().max().item<double>());
+    seed_matters = seed_matters || !at::equal(t, d.at(name));
+  }
+  // Micro-batches change only the floating-point summation order.
+  CHECK(max_split_diff < 1e-4);
+  CHECK(seed_matters);
+  CHECK(lines(dir / "a/metrics.jsonl").back().substr(0, 40) ==
+        lines(dir / "b/metrics.jsonl").back().substr(0, 40));
+}
+
+TEST_CASE("per-sample draws depend only on (seed, step, global index)", "[trainer]") {
+  auto whole = draw_for_samples(5, 3, 0, 8, 1000, {1, 4, 4}, 0.5, true);
+  auto first = draw_for_samples(5, 3, 0, 4, 1000, {1, 4, 4}, 0.5, true);
+  auto second = draw_for_samples(5, 3, 4, 4, 1000, {1, 4, 4}, 0.5, true);
+  CHECK(at::equal(whole.t, at::cat({first.t, second.t})));
+  CHECK(at::equal(whole.noise, at::cat({first.noise, second.noise})));
+  CHECK(at::equal(whole.drop, at::cat({first.drop, second.drop})));
+  CHECK(at::equal(whole.flip, at::cat({first.flip, second.flip})));
+  auto next_step = draw_for_samples(5, 4, 0, 8, 1000, {1, 4, 4}, 0.5, true);
+  CHECK_FALSE(at::equal(whole.noise, next_step.noise));
+  // Rates: about half dropped and flipped over many samples; never with probability 0.
+  auto many = draw_for_samples(0, 0, 0, 2000, 1000, {1, 1, 1}, 0.1, false);
+  CHECK(many.drop.to(at::kFloat).mean().item<double>() == Approx(0.1).margin(0.03));
+  CHECK_FALSE(many.flip.any().item<bool>());
+  CHECK(many.t.min().item<int64_t>() >= 0);
+  CHECK(many.t.max().item<int64_t>() <= 999);
+  CHECK(many.noise.std().item<double>() == Approx(1.0).margin(0.1));
+}
+
+TEST_CASE("EMA follows shadow = d * shadow + (1 - d) * model, with optional warm-up", "[trainer]") {
+  ModelConfig c;
+  c.name = "dit";
+  c.depth = 1;
+  c.hidden_size = 8;
+  c.num_heads = 2;
+  c.patch_size = 2;
+  c.input_size = 4;
+  c.in_channels = 1;
+  c.num_classes = 2;
+  auto model = build_backbone(c);
+  Ema ema(*model, build_backbone(c));
+  auto p = model->parameters()[0];
+  auto start = p.clone();
+  CHECK(at::equal(ema.shadow().parameters()[0], start));  // starts as a copy
+  {
+    torch::NoGradGuard g;
+    p.add_(1.0);
+  }
+  ema.update(*model, 0.9);
+  CHECK(at::allclose(ema.shadow().parameters()[0], start + 0.1));
+  CHECK(Ema::decay_at(0, 0.9999, true) == Approx(0.1));
+  CHECK(Ema::decay_at(90, 0.9999, true) == Approx(0.91));
+  CHECK(Ema::decay_at(1000000, 0.995, true) == 0.995);
+  CHECK(Ema::decay_at(0, 0.9999, false) == 0.9999);
+}

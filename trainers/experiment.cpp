@@ -1,0 +1,82 @@
+#include "trainers/experiment.h"
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+
+#include "src/common/compat.h"
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/io/atomic_file.h"
+
+namespace ditlab {
+
+c10::Device select_device(const std::string& name) {
+  if (name == "auto") return torch::cuda::is_available() ? c10::Device("cuda") : c10::Device("cpu");
+  c10::Device device("cpu");
+  try {
+    device = c10::Device(name);
+  } catch (const std::exception&) {
+    throw ConfigError("train.device '" + name + "' is not a device; expected auto, cpu, cuda or cuda:N");
+  }
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw ConfigError("train.device '" + name + "' asks for CUDA, but no GPU is visible to this "
+                      "LibTorch build; use train.device=cpu");
+  }
+  if (!device.is_cpu() && !device.is_cuda()) {
+    throw ConfigError("train.device '" + name + "': only cpu and cuda are supported");
+  }
+  return device;
+}
+
+ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data) {
+  ModelConfig c = model;
+  auto fill = [](const char* key, int64_t& value, int64_t from_data) {
+    if (value == 0) {
+      value = from_data;
+    } else if (value != from_data) {
+      throw ConfigError("model." + std::string(key) + " is " + std::to_string(value) +
+                        " but the data gives " + std::to_string(from_data) +
+                        "; set it to 0 (from the data) or to " + std::to_string(from_data));
+    }
+  };
+  fill("input_size", c.input_size, data.image_size());
+  fill("in_channels", c.in_channels, data.channels());
+  fill("num_classes", c.num_classes, data.num_classes());
+  return c;
+}
+
+std::string expand_run_dir(const std::string& pattern) {
+  auto pos = pattern.find("{time}");
+  if (pos == std::string::npos) return pattern;
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::localtime(&now));
+  return pattern.substr(0, pos) + stamp + pattern.substr(pos + 6);
+}
+
+void write_run_metadata(const std::string& run_dir, const ExperimentConfig& config,
+                        const std::string& command_line, const c10::Device& device) {
+  write_file_atomically(run_dir + "/config.yaml", to_yaml(config));
+  char host[256] = "unknown";
+  ::gethostname(host, sizeof(host) - 1);
+  std::time_t now = std::time(nullptr);
+  char date[64];
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
+  std::string info;
+  info += "ditlab_git_revision: \"" + std::string(DITLAB_GIT_REV) + "\"\n";
+  info += "libtorch_version: \"" + compat::torch_version() + "\"\n";
+  info += "command_line: \"" + command_line + "\"\n";
+  info += "host: \"" + std::string(host) + "\"\n";
+  info += "device: \"" + device.str() + "\"\n";
+  info += "threads: " + std::to_string(at::get_num_threads()) + "\n";
+  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
+  info += "openblas_coretype: \"" + std::string(blas_core ? blas_core : "auto") + "\"\n";
+  info += "started: \"" + std::string(date) + "\"\n";
+  write_file_atomically(run_dir + "/run_info.yaml", info);
+}
+
+}  // namespace ditlab

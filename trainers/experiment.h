@@ -1,0 +1,28 @@
+// What `dit train` and `dit sample` share: choosing the device, completing the model config from
+// the data, and the run directory's bookkeeping files.
+#pragma once
+#include <c10/core/Device.h>
+
+#include <string>
+
+#include "data/dataset.h"
+#include "src/config/experiment_config.h"
+
+namespace ditlab {
+
+// "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise.
+c10::Device select_device(const std::string& name);
+
+// Fills input_size, in_channels and num_classes from the data where the config left 0, and
+// refuses values that contradict the data.
+ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data);
+
+// Replaces "{time}" in run.dir with the local time (YYYYmmdd-HHMMSS).
+std::string expand_run_dir(const std::string& pattern);
+
+// Writes config.yaml (resolved) and run_info.yaml (LibTorch version, git revision, command line,
+// host, device, threads, date) into `run_dir`.
+void write_run_metadata(const std::string& run_dir, const ExperimentConfig& config,
+                        const std::string& command_line, const c10::Device& device);
+
+}  // namespace ditlab

@@ -1,0 +1,76 @@
+#include "trainers/sampling.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/autograd.h>
+
+#include "src/common/error.h"
+#include "src/common/progress.h"
+#include "src/diffusion/noise_schedule.h"
+#include "src/diffusion/samplers.h"
+#include "src/io/image_grid.h"
+#include "src/io/safetensors.h"
+
+namespace ditlab {
+
+at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_config,
+                            const SampleConfig& sample, const at::Tensor& labels,
+                            const c10::Device& device) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const BackboneShape shape = model.shape();
+  const bool learn_sigma = shape.out_channels == 2 * shape.in_channels;
+  GaussianDiffusion base(make_betas(diffusion_config.schedule, diffusion_config.steps,
+                                    diffusion_config.beta_start, diffusion_config.beta_end),
+                         learn_sigma);
+  auto diffusion = base.respaced(space_timesteps(base.num_timesteps(), std::to_string(sample.steps)));
+
+  const int64_t n = labels.size(0);
+  auto generator = at::detail::createCPUGenerator(static_cast<uint64_t>(sample.seed));
+  auto z = at::randn({n, shape.in_channels, shape.input_size, shape.input_size}, generator,
+                     at::TensorOptions().dtype(at::kFloat));
+  auto y = labels.to(at::kLong);
+  const bool guided = sample.cfg_scale != 1.0;
+  if (guided) {
+    // [cond; uncond] over the same noise; the null label is num_classes.
+    z = at::cat({z, z}, 0);
+    y = at::cat({y, at::full_like(y, shape.num_classes)}, 0);
+  }
+  z = z.to(device);
+  y = y.to(device);
+  ModelFn fn = [&](const at::Tensor& x, const at::Tensor& t) {
+    return guided ? model.forward_with_cfg(x, t, y, sample.cfg_scale, sample.cfg_channels)
+                  : model.forward(x, t, y).out;
+  };
+  ProgressBar bar(diffusion.num_timesteps(), "sample");
+  SamplerOptions options;
+  options.clip_denoised = sample.clip_denoised;
+  options.eta = sample.eta;
+  options.on_step = [&](int64_t done, int64_t) { bar.update(done); };
+  auto x = sample.sampler == "ddpm" ? ddpm_sample(diffusion, fn, z, generator, options)
+                                    : ddim_sample(diffusion, fn, z, generator, options);
+  bar.finish();
+  return x.narrow(0, 0, n).to(at::kCPU, at::kFloat);
+}
+
+at::Tensor grid_labels(int64_t num_classes, int64_t num_per_class) {
+  return at::arange(num_classes, at::TensorOptions().dtype(at::kLong)).repeat_interleave(num_per_class);
+}
+
+void write_samples(const std::string& path, const at::Tensor& samples, const at::Tensor& labels,
+                   int64_t columns) {
+  auto ends_with = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() &&
+           path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  if (ends_with(".png")) {
+    write_image_grid(path, samples, columns);
+  } else if (ends_with(".safetensors")) {
+    write_safetensors(path, {{"samples", samples.clamp(-1, 1).contiguous()},
+                             {"labels", labels.to(at::kLong)}});
+  } else {
+    throw UsageError("output '" + path + "': expected a .png or .safetensors file name");
+  }
+}
+
+}  // namespace ditlab

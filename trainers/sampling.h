@@ -1,0 +1,27 @@
+// Class-conditional sampling with a backbone: the glue between a Backbone, the diffusion
+// samplers and classifier-free guidance.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <string>
+
+#include "models/backbone.h"
+#include "src/config/experiment_config.h"
+
+namespace ditlab {
+
+// Draws one sample per entry of `labels` ([N] int64). With sample.cfg_scale != 1 the batch is
+// doubled with the null label and guided. Returns [N, C, H, W] float32 on the CPU.
+at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion,
+                            const SampleConfig& sample, const at::Tensor& labels,
+                            const c10::Device& device);
+
+// num_per_class copies of each class id, class-major: one grid row per class.
+at::Tensor grid_labels(int64_t num_classes, int64_t num_per_class);
+
+// `.png`: a grid with `columns` per row; `.safetensors`: `samples` and `labels`.
+void write_samples(const std::string& path, const at::Tensor& samples, const at::Tensor& labels,
+                   int64_t columns);
+
+}  // namespace ditlab

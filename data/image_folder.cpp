@@ -41,7 +41,8 @@ ImageFolder::ImageFolder(const std::string& root, int64_t image_size, int64_t li
                                                        ".webp", ".tif", ".tiff", ".ppm"};
   for (size_t label = 0; label < classes_.size(); ++label) {
     std::vector<std::string> paths;
-    for (const auto& entry : fs::directory_iterator(fs::path(root) / classes_[label])) {
+    // Nested folders count too, as in torchvision's ImageFolder.
+    for (const auto& entry : fs::recursive_directory_iterator(fs::path(root) / classes_[label])) {
       std::string ext = entry.path().extension().string();
       std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
       if (entry.is_regular_file() &&
@@ -49,11 +50,15 @@ ImageFolder::ImageFolder(const std::string& root, int64_t image_size, int64_t li
         paths.push_back(entry.path().string());
       }
     }
+    if (paths.empty()) {
+      throw IoError("image folder '" + root + "': class folder '" + classes_[label] +
+                    "' holds no images (remove it, or it would be a class without examples)");
+    }
     std::sort(paths.begin(), paths.end());
     for (auto& p : paths) files_.emplace_back(std::move(p), static_cast<int64_t>(label));
   }
-  if (files_.empty()) {
-    throw IoError("image folder '" + root + "' holds no images in class sub-folders");
+  if (classes_.empty()) {
+    throw IoError("image folder '" + root + "' holds no class sub-folders (expected root/<class>/<image>)");
   }
   if (limit > 0 && limit < size()) files_.resize(limit);
 }

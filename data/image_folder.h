@@ -1,5 +1,6 @@
 // ImageNet-style folders: root/<class>/<image>, classes numbered in sorted order (as
-// torchvision's ImageFolder, so labels match Python-trained checkpoints). Images are decoded per
+// torchvision's ImageFolder, so labels match Python-trained checkpoints). data.limit keeps the
+// first N files in that order (so a small limit may cover only the first classes). Images are decoded per
 // batch with OpenCV and centre-cropped as ADM / DiT do.
 #pragma once
 #include <opencv2/core/mat.hpp>

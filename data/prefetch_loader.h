@@ -1,5 +1,5 @@
-// Overlaps batch assembly with the training step: while step s trains, a background thread
-// prepares the batches of the next `depth` steps. Batches are a pure function of the step, so
+// Overlaps batch assembly with the training step: while step s trains, background tasks (one
+// std::async per step) prepare the batches of the next `depth` steps. Batches are a pure function of the step, so
 // prefetching never changes results.
 #pragma once
 #include <deque>

@@ -1,5 +1,6 @@
-// The one interface every backbone implements. The trainer, the samplers, the exporter and the
-// FLOPs counter see only this (plus the model config); they never ask which backbone they hold.
+// The one interface every backbone implements. The trainer and the samplers (later also the
+// exporter and the FLOPs counter) see only this plus the model config; they never ask which
+// backbone they hold.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -21,6 +22,7 @@ struct BackboneShape {
   int64_t in_channels = 0;   // C
   int64_t out_channels = 0;  // C, or 2C with learned sigma
   int64_t num_classes = 0;   // label ids 0..num_classes-1; num_classes itself is the null label
+  bool has_null_class = true;  // whether the null label exists (needed for guidance)
 };
 
 class Backbone : public torch::nn::Module {

@@ -89,20 +89,27 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
     if (c.num_heads == 0) c.num_heads = preset->num_heads;
     if (c.patch_size == 0) c.patch_size = preset->patch_size;
   }
-  auto require = [&](const char* key, int64_t value) {
+  auto require_size = [&](const char* key, int64_t value) {
     if (value < 1) {
       throw ConfigError("model." + std::string(key) + " is not set: model.name '" + c.name +
                         "' is a family, so it needs an explicit value (or use a preset such as "
                         "DiT-S/2)");
     }
   };
-  require("depth", c.depth);
-  require("hidden_size", c.hidden_size);
-  require("num_heads", c.num_heads);
-  require("patch_size", c.patch_size);
-  require("input_size", c.input_size);
-  require("in_channels", c.in_channels);
-  require("num_classes", c.num_classes);
+  require_size("depth", c.depth);
+  require_size("hidden_size", c.hidden_size);
+  require_size("num_heads", c.num_heads);
+  require_size("patch_size", c.patch_size);
+  auto require_data = [&](const char* key, int64_t value) {
+    if (value < 1) {
+      throw ConfigError("model." + std::string(key) + " is not set; it normally comes from the "
+                        "data, so give it explicitly when there is no dataset (e.g. for weights "
+                        "without an embedded config)");
+    }
+  };
+  require_data("input_size", c.input_size);
+  require_data("in_channels", c.in_channels);
+  require_data("num_classes", c.num_classes);
   return c;
 }
 

@@ -6,5 +6,6 @@
 
 int main(int argc, char** argv) {
   ditlab::ensure_fast_openblas_kernels(argv);
+  ditlab::keep_freed_memory_mapped();
   return Catch::Session().run(argc, argv);
 }

@@ -4,6 +4,7 @@
 #include <torch/cuda.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 
@@ -58,6 +59,27 @@ std::string expand_run_dir(const std::string& pattern) {
   return pattern.substr(0, pos) + stamp + pattern.substr(pos + 6);
 }
 
+namespace {
+// The source tree's revision now (not when CMake last ran), "+dirty" with uncommitted changes.
+std::string git_revision() {
+  auto run = [](const std::string& command) {
+    std::string out;
+    if (FILE* pipe = ::popen(command.c_str(), "r")) {
+      char buf[256];
+      while (std::fgets(buf, sizeof(buf), pipe)) out += buf;
+      ::pclose(pipe);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+  };
+  const std::string git = "git -C '" + std::string(DITLAB_SOURCE_DIR) + "' ";
+  std::string rev = run(git + "rev-parse --short=12 HEAD 2>/dev/null");
+  if (rev.empty()) return DITLAB_GIT_REV;  // no git, or the sources moved: the build's revision
+  if (!run(git + "status --porcelain --untracked-files=no 2>/dev/null").empty()) rev += "+dirty";
+  return rev;
+}
+}  // namespace
+
 void write_run_metadata(const std::string& run_dir, const ExperimentConfig& config,
                         const std::string& command_line, const c10::Device& device) {
   write_file_atomically(run_dir + "/config.yaml", to_yaml(config));
@@ -67,7 +89,7 @@ void write_run_metadata(const std::string& run_dir, const ExperimentConfig& conf
   char date[64];
   std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%S%z", std::localtime(&now));
   std::string info;
-  info += "ditlab_git_revision: \"" + std::string(DITLAB_GIT_REV) + "\"\n";
+  info += "ditlab_git_revision: \"" + git_revision() + "\"\n";
   info += "libtorch_version: \"" + compat::torch_version() + "\"\n";
   info += "command_line: \"" + command_line + "\"\n";
   info += "host: \"" + std::string(host) + "\"\n";

@@ -13,6 +13,41 @@
 
 namespace ditlab {
 
+void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffusion,
+                         const SampleConfig& sample) {
+  if (sample.steps > diffusion.steps) {
+    throw ConfigError("sample.steps " + std::to_string(sample.steps) + " exceeds diffusion.steps " +
+                      std::to_string(diffusion.steps));
+  }
+  if (sample.cfg_scale != 1.0 && model.class_dropout_prob <= 0.0) {
+    throw ConfigError("sample.cfg_scale " + std::to_string(sample.cfg_scale) +
+                      " needs the null class, but model.class_dropout_prob is 0 (the model has no "
+                      "unconditional embedding); set sample.cfg_scale=1");
+  }
+  if (model.in_channels > 0 && sample.cfg_channels > model.in_channels) {
+    throw ConfigError("sample.cfg_channels " + std::to_string(sample.cfg_channels) +
+                      " exceeds the model's " + std::to_string(model.in_channels) +
+                      " noise channels (0 guides all of them)");
+  }
+}
+
+namespace {
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+void check_sample_output(const std::string& path) {
+  if (ends_with(path, ".safetensors")) return;
+  if (!ends_with(path, ".png")) {
+    throw UsageError("output '" + path + "': expected a .png or .safetensors file name");
+  }
+#ifndef DITLAB_WITH_OPENCV
+  throw IoError("cannot write '" + path + "': this build has no OpenCV (DITLAB_WITH_OPENCV=OFF); "
+                "write samples as .safetensors instead");
+#endif
+}
+
 at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_config,
                             const SampleConfig& sample, const at::Tensor& labels,
                             const c10::Device& device) {
@@ -31,6 +66,10 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
                      at::TensorOptions().dtype(at::kFloat));
   auto y = labels.to(at::kLong);
   const bool guided = sample.cfg_scale != 1.0;
+  if (guided && !shape.has_null_class) {
+    throw ConfigError("sample.cfg_scale != 1 needs a model with a null class (trained with "
+                      "model.class_dropout_prob > 0)");
+  }
   if (guided) {
     // [cond; uncond] over the same noise; the null label is num_classes.
     z = at::cat({z, z}, 0);
@@ -59,17 +98,12 @@ at::Tensor grid_labels(int64_t num_classes, int64_t num_per_class) {
 
 void write_samples(const std::string& path, const at::Tensor& samples, const at::Tensor& labels,
                    int64_t columns) {
-  auto ends_with = [&](const std::string& suffix) {
-    return path.size() >= suffix.size() &&
-           path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (ends_with(".png")) {
+  check_sample_output(path);
+  if (ends_with(path, ".png")) {
     write_image_grid(path, samples, columns);
-  } else if (ends_with(".safetensors")) {
+  } else {
     write_safetensors(path, {{"samples", samples.clamp(-1, 1).contiguous()},
                              {"labels", labels.to(at::kLong)}});
-  } else {
-    throw UsageError("output '" + path + "': expected a .png or .safetensors file name");
   }
 }
 

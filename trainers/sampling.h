@@ -11,6 +11,16 @@
 
 namespace ditlab {
 
+// Refuses sampling settings that cannot work with this model, before any work is done: more
+// steps than the diffusion has, guidance without a null class, guided channels beyond the noise
+// channels. Throws ConfigError naming the key.
+void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffusion,
+                         const SampleConfig& sample);
+
+// Refuses an output name that is neither .png nor .safetensors (UsageError), or .png in a build
+// without OpenCV (IoError).
+void check_sample_output(const std::string& path);
+
 // Draws one sample per entry of `labels` ([N] int64). With sample.cfg_scale != 1 the batch is
 // doubled with the null label and guided. Returns [N, C, H, W] float32 on the CPU.
 at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion,

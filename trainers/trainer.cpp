@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/adamw.h>
 
 #include <chrono>
@@ -20,6 +19,7 @@
 #include "src/io/module_weights.h"
 #include "trainers/ema.h"
 #include "trainers/experiment.h"
+#include "trainers/grad_norm.h"
 #include "trainers/metrics_sink.h"
 #include "trainers/sample_draws.h"
 #include "trainers/sampling.h"
@@ -40,10 +40,27 @@ void prepare_run_dir(const std::string& dir) {
   fs::create_directories(dir);
 }
 
+// Weights files carry the resolved config, so `dit sample --weights` needs nothing else.
+std::map<std::string, std::string> weights_metadata(const ExperimentConfig& config, int64_t step) {
+  return {{"format", "ditlab"}, {"config", to_yaml(config)}, {"step", std::to_string(step)}};
+}
+
+// Every checkpoint.every steps: the weights so far, in checkpoints/step-NNNNNNNN/. (Optimizer and
+// RNG state for exact resume are not written yet.)
+void save_step_weights(const ExperimentConfig& config, const Backbone& model, const Backbone& ema,
+                       int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08ld", static_cast<long>(step));
+  const std::string dir = config.run.dir + "/checkpoints/" + name;
+  fs::create_directories(dir);
+  save_weights(model, dir + "/model.safetensors", weights_metadata(config, step));
+  save_weights(ema, dir + "/ema.safetensors", weights_metadata(config, step));
+  spdlog::info("saved weights of step {} in {}", step, dir);
+}
+
 // Running means of the logged quantities over one logging window.
 struct Window {
-  at::Tensor loss_sum, mse_sum, vb_sum;  // accumulated on the device; read once per window
-  double grad_norm_sum = 0;
+  at::Tensor loss_sum, mse_sum, vb_sum, grad_norm_sum;  // on the device; read once per window
   int64_t steps = 0, images = 0;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
 };
@@ -67,6 +84,7 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
   auto dataset = make_dataset(config.data);
   config.model = resolve_model_config(model_config_for_data(config.model, *dataset));
 
+  if (config.sample.at_end) check_sample_config(config.model, config.diffusion, config.sample);
   prepare_run_dir(config.run.dir);
   log::add_file_sink(config.run.dir + "/train.log");
   write_run_metadata(config.run.dir, config, command_line, device);
@@ -144,8 +162,8 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
       window.mse_sum = window.mse_sum.defined() ? window.mse_sum + mse : mse;
       window.vb_sum = window.vb_sum.defined() ? window.vb_sum + vb : vb;
     }
-    const double max_norm = tc.grad_clip > 0 ? tc.grad_clip : std::numeric_limits<double>::infinity();
-    window.grad_norm_sum += torch::nn::utils::clip_grad_norm_(trainable, max_norm);
+    auto grad_norm = clip_grad_norm(trainable, tc.grad_clip);
+    window.grad_norm_sum = window.grad_norm_sum.defined() ? window.grad_norm_sum + grad_norm : grad_norm;
     optimizer.step();
     ema.update(*model, Ema::decay_at(step, tc.ema_decay, tc.ema_warmup));
     window.steps += 1;
@@ -167,7 +185,7 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
           {"loss", loss},
           {"mse", window.mse_sum.item<double>() / images},
           {"vb", window.vb_sum.item<double>() / images},
-          {"grad_norm", window.grad_norm_sum / static_cast<double>(window.steps)},
+          {"grad_norm", window.grad_norm_sum.item<double>() / static_cast<double>(window.steps)},
           {"lr", tc.lr},
           {"steps_per_sec", window.steps / seconds},
           {"images_per_sec", images / seconds},
@@ -177,13 +195,15 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
       summary.last_loss = loss;
       summary.steps = done;
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!bar.active()) {
-        spdlog::info("step {}/{}  loss {:.4f}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s  "
-                     "elapsed {}",
-                     done, tc.steps, loss, record[5].second, record[7].second, record[8].second,
-                     format_duration(elapsed));
-      }
+      bar.clear();
+      spdlog::info("step {}/{}  loss {:.4f}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s  "
+                   "elapsed {}",
+                   done, tc.steps, loss, record[5].second, record[7].second, record[8].second,
+                   format_duration(elapsed));
       window = Window();
+    }
+    if (config.checkpoint.every > 0 && done % config.checkpoint.every == 0 && done < tc.steps) {
+      save_step_weights(config, *model, ema.shadow(), done);
     }
     bar.update(done, "loss " + std::to_string(summary.last_loss).substr(0, 6));
   }
@@ -191,10 +211,8 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   spdlog::info("trained {} steps in {}", tc.steps, format_duration(summary.seconds));
 
-  const std::map<std::string, std::string> metadata = {
-      {"format", "ditlab"}, {"config", to_yaml(config)}, {"step", std::to_string(tc.steps)}};
-  save_weights(*model, config.run.dir + "/model.safetensors", metadata);
-  save_weights(ema.shadow(), config.run.dir + "/ema.safetensors", metadata);
+  save_weights(*model, config.run.dir + "/model.safetensors", weights_metadata(config, tc.steps));
+  save_weights(ema.shadow(), config.run.dir + "/ema.safetensors", weights_metadata(config, tc.steps));
   spdlog::info("saved model.safetensors and ema.safetensors");
 
   if (config.sample.at_end) {

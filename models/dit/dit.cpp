@@ -213,7 +213,7 @@ BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::
 BackboneShape DiT::shape() const {
   const auto& o = options_;
   return {o.input_size, o.in_channels, o.learn_sigma ? 2 * o.in_channels : o.in_channels,
-          o.num_classes};
+          o.num_classes, o.with_null_class};
 }
 
 }  // namespace ditlab

@@ -24,7 +24,7 @@ class TimestepEmbedderImpl : public torch::nn::Module {
 TORCH_MODULE(TimestepEmbedder);
 
 // Mirrors DiT's LabelEmbedder: a table with one extra "null" row (id num_classes) for
-// classifier-free guidance. Label dropout happens in the trainer (per-sample randomness), so
+// classifier-free guidance when with_null_class (as DiT does when label dropout > 0). Label dropout happens in the trainer (per-sample randomness), so
 // this module is deterministic.
 class LabelEmbedderImpl : public torch::nn::Module {
  public:

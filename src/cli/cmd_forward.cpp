@@ -35,6 +35,10 @@ int run_forward(int argc, char** argv) {
     std::printf("%s", args.usage().c_str());
     return 0;
   }
+  if (!args.overrides().empty()) {
+    throw UsageError("dit forward takes no config overrides (got '" + args.overrides().front() +
+                     "'); the model is described by the options\n" + args.usage());
+  }
   ModelConfig mc;
   mc.name = args.require("model");
   mc.input_size = args.get_int("input-size", 32);

@@ -33,6 +33,7 @@ int run_sample(int argc, char** argv) {
     return 0;
   }
   const std::string out = args.require("out");
+  check_sample_output(out);
   std::string weights;
   ExperimentConfig config;
   if (auto run_dir = args.get("run-dir")) {
@@ -70,6 +71,7 @@ int run_sample(int argc, char** argv) {
   if (s.num_per_class < 1 || s.steps < 1 || s.cfg_scale < 0) {
     throw UsageError("dit sample: --num-per-class and --steps must be >= 1, --cfg-scale >= 0");
   }
+  check_sample_config(config.model, config.diffusion, s);
   const c10::Device device = select_device(args.get_or("device", config.train.device));
 
   auto model = build_backbone(config.model);

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   ensure_fast_openblas_kernels(argv);
+  keep_freed_memory_mapped();
   log::init_console();
   std::string command = argv[1];
   try {

@@ -1,6 +1,7 @@
 #include "src/common/blas_tuning.h"
 
 #include <dlfcn.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -35,6 +36,12 @@ void ensure_fast_openblas_kernels(char** argv) {
   setenv("DITLAB_BLAS_TUNED", "1", 1);  // never loop, even if the restart fails to take effect
   execv("/proc/self/exe", argv);
   // execv only returns on failure: carry on with the slow kernels rather than fail.
+}
+
+void keep_freed_memory_mapped() {
+  // 32 MiB is the largest mmap threshold glibc accepts on 64-bit systems.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace ditlab

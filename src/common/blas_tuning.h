@@ -12,4 +12,9 @@ namespace ditlab {
 // Returns normally in every other case. DITLAB_NO_BLAS_TUNING=1 turns this off.
 void ensure_fast_openblas_kernels(char** argv);
 
+// Keeps large freed blocks in the heap instead of unmapping them: a training step allocates the
+// same activation sizes every time, and returning them to the kernel costs page faults on every
+// step (about 10% of the step time here).
+void keep_freed_memory_mapped();
+
 }  // namespace ditlab

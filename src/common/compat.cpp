@@ -79,8 +79,6 @@ AutocastGuard::~AutocastGuard() {
 }
 
 bool bf16_supported(const c10::Device& device) {
-  // Every GPU LibTorch 2.x supports for training runs bf16 at least through emulation; Ampere
-  // and later run it natively. On CPUs bf16 autocast is slower than fp32 here, so it is off.
   return device.is_cuda();
 }
 

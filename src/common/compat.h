@@ -34,7 +34,8 @@ class AutocastGuard {
   c10::ScalarType previous_dtype_;
 };
 
-// Whether bf16 autocast is worth using on this device (true on CUDA with bf16 support).
+// Whether train.precision=auto picks bf16 autocast on this device: on CUDA yes, on CPUs no (bf16
+// matrix products are slower than fp32 there).
 bool bf16_supported(const c10::Device& device);
 
 }  // namespace ditlab::compat

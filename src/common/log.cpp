@@ -2,6 +2,8 @@
 
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+
+#include <algorithm>
 #include <unistd.h>
 
 namespace ditlab::log {
@@ -10,7 +12,8 @@ void init_console() {
   static bool done = false;
   if (done) return;
   done = true;
-  auto logger = spdlog::stdout_color_mt("ditlab");
+  // stderr, like Python's logging: stdout stays clean for a command's own output.
+  auto logger = spdlog::stderr_color_mt("ditlab");
   logger->set_pattern("[%Y-%m-%d %H:%M:%S] [%^%l%$] %v");
   logger->flush_on(spdlog::level::warn);
   spdlog::set_default_logger(logger);
@@ -20,10 +23,17 @@ void add_file_sink(const std::string& path) {
   init_console();
   auto sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
   sink->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
-  spdlog::default_logger()->sinks().push_back(sink);
+  // One run's file at a time: a later run in the same process must not write into an earlier one.
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove_if(sinks.begin(), sinks.end(),
+                             [](const auto& s) {
+                               return std::dynamic_pointer_cast<spdlog::sinks::basic_file_sink_mt>(s) != nullptr;
+                             }),
+              sinks.end());
+  sinks.push_back(sink);
   spdlog::flush_every(std::chrono::seconds(5));
 }
 
-bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
+bool stderr_is_terminal() { return ::isatty(STDERR_FILENO) == 1; }
 
 }  // namespace ditlab::log

@@ -20,7 +20,7 @@ std::string format_duration(double seconds) {
 }
 
 ProgressBar::ProgressBar(int64_t total, std::string label, int64_t start)
-    : total_(total), start_(start), label_(std::move(label)), active_(log::stdout_is_terminal()) {
+    : total_(total), start_(start), label_(std::move(label)), active_(log::stderr_is_terminal()) {
   begin_ = last_draw_ = std::chrono::steady_clock::now();
 }
 
@@ -39,17 +39,23 @@ void ProgressBar::update(int64_t done, const std::string& postfix) {
   int filled = total_ > 0 ? static_cast<int>(kWidth * done / total_) : kWidth;
   std::string bar(filled, '#');
   bar += std::string(kWidth - filled, '.');
-  std::printf("\r%s [%s] %ld/%ld  %.2f it/s  ETA %s  %s\033[K", label_.c_str(), bar.c_str(),
+  std::fprintf(stderr, "\r%s [%s] %ld/%ld  %.2f it/s  ETA %s  %s\033[K", label_.c_str(), bar.c_str(),
               static_cast<long>(done), static_cast<long>(total_), rate, format_duration(eta).c_str(),
               postfix.c_str());
-  std::fflush(stdout);
+  std::fflush(stderr);
+}
+
+void ProgressBar::clear() {
+  if (!active_ || finished_) return;
+  std::fprintf(stderr, "\r\033[K");  // the next log line takes the bar's place; update() redraws it
+  last_draw_ = {};
 }
 
 void ProgressBar::finish() {
   if (!active_ || finished_) return;
   finished_ = true;
-  std::printf("\n");
-  std::fflush(stdout);
+  std::fprintf(stderr, "\n");
+  std::fflush(stderr);
 }
 
 }  // namespace ditlab

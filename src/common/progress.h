@@ -1,6 +1,6 @@
 // A one-line progress bar for terminals: [#####.....] 120/2000  3.1 it/s  ETA 10:07  loss 0.21.
-// When stdout is not a terminal it prints nothing (callers log periodic lines instead), so batch
-// logs never fill with carriage returns.
+// Drawn on stderr, and only when stderr is a terminal, so batch logs never fill with carriage
+// returns (callers log periodic lines either way).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -13,6 +13,8 @@ class ProgressBar {
   ProgressBar(int64_t total, std::string label, int64_t start = 0);
   ~ProgressBar();
   void update(int64_t done, const std::string& postfix = "");
+  // Erases the bar before a log line is printed; the next update() draws it again.
+  void clear();
   void finish();
   bool active() const { return active_; }
 

@@ -25,10 +25,15 @@ using Accessor = T& (*)(ExperimentConfig&);
 }
 
 std::string format_double(double v) {
-  std::ostringstream out;
-  out.precision(std::numeric_limits<double>::max_digits10);
-  out << v;
-  std::string s = out.str();
+  // The shortest decimal that reads back to the same double (0.1, not 0.10000000000000001).
+  std::string s;
+  for (int precision = 1; precision <= std::numeric_limits<double>::max_digits10; ++precision) {
+    std::ostringstream out;
+    out.precision(precision);
+    out << v;
+    s = out.str();
+    if (std::stod(s) == v) break;
+  }
   // Keep floats recognisable as floats when read back ("1" would parse as an int elsewhere).
   if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
   return s;
@@ -99,8 +104,8 @@ OptionSpec string_option(const char* key, Accessor<std::string> field,
                          std::vector<std::string> choices, std::string help) {
   std::string range = "non-empty";
   if (!choices.empty()) {
-    range = "one of:";
-    for (const auto& ch : choices) range += " " + ch;
+    range = "one of: ";
+    for (size_t i = 0; i < choices.size(); ++i) range += (i ? ", " : "") + choices[i];
   }
   auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
     if (!v.IsScalar() || v.Scalar().empty()) bad_value(key, v, src, "a string (" + range + ")");

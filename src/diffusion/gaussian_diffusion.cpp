@@ -93,8 +93,9 @@ at::Tensor GaussianDiffusion::q_sample(const at::Tensor& x0, const at::Tensor& t
 GaussianDiffusion::Gaussian GaussianDiffusion::q_mean_variance(const at::Tensor& x0,
                                                                const at::Tensor& t) const {
   auto mean = gather(tables_.sqrt_alphas_cumprod, t) * x0;
-  auto variance = (1.0 - gather(tables_.alphas_cumprod, t)).expand_as(x0);
-  return {mean, variance, variance.log()};
+  // 1 - abar in float64 before the cast: in float32 it loses digits near t = 0.
+  auto one_minus = 1.0 - tables_.alphas_cumprod;
+  return {mean, gather(one_minus, t).expand_as(x0), gather(one_minus.log(), t).expand_as(x0)};
 }
 
 GaussianDiffusion::Gaussian GaussianDiffusion::q_posterior(const at::Tensor& x0,

@@ -39,8 +39,21 @@ std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& s
     return ConfigError("timestep respacing '" + spec + "' for " + std::to_string(num_timesteps) +
                        " steps: " + why);
   };
+  auto parse_count = [&](const std::string& text) -> int64_t {
+    size_t used = 0;
+    int64_t value = 0;
+    try {
+      value = std::stoll(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size()) {
+      throw bad("expected a count such as 250, a list such as 10,15,20, or ddimN");
+    }
+    return value;
+  };
   if (spec.rfind("ddim", 0) == 0) {
-    int64_t desired = std::stoll(spec.substr(4));
+    int64_t desired = parse_count(spec.substr(4));
     for (int64_t stride = 1; stride < num_timesteps; ++stride) {
       std::vector<int64_t> kept;
       for (int64_t t = 0; t < num_timesteps; t += stride) kept.push_back(t);
@@ -51,13 +64,7 @@ std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& s
   std::vector<int64_t> counts;
   std::stringstream in(spec);
   std::string item;
-  while (std::getline(in, item, ',')) {
-    try {
-      counts.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      throw bad("expected a count such as 250, a list such as 10,15,20, or ddimN");
-    }
-  }
+  while (std::getline(in, item, ',')) counts.push_back(parse_count(item));
   if (counts.empty()) throw bad("empty");
   // Split [0, T) into len(counts) sections; the first (T mod sections) get one extra step.
   int64_t sections = static_cast<int64_t>(counts.size());

@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <set>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -70,6 +71,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const YAML::
     throw bad("header entry needs dtype, shape and data_offsets");
   }
   Entry e{name, at::kFloat, {}, 0, 0};
+  if (!info["dtype"].IsScalar()) throw bad("dtype must be a string");
   std::string dtype = info["dtype"].as<std::string>();
   auto it = std::find_if(dtype_names().begin(), dtype_names().end(),
                          [&](const auto& p) { return p.first == dtype; });
@@ -134,16 +136,26 @@ SafetensorsFile read_safetensors(const std::string& path) {
 
   SafetensorsFile file;
   std::vector<Entry> entries;
-  for (const auto& item : json) {
-    std::string name = item.first.as<std::string>();
-    if (name == "__metadata__") {
-      if (!item.second.IsMap()) throw IoError(path + ": __metadata__ must be a string map");
-      for (const auto& m : item.second) {
-        file.metadata[m.first.as<std::string>()] = m.second.as<std::string>();
+  std::set<std::string> names;
+  try {
+    for (const auto& item : json) {
+      std::string name = item.first.as<std::string>();
+      if (!names.insert(name).second) throw IoError(path + ": duplicate tensor name '" + name + "'");
+      if (name == "__metadata__") {
+        if (!item.second.IsMap()) throw IoError(path + ": __metadata__ must be a string map");
+        for (const auto& m : item.second) {
+          if (!m.second.IsScalar()) {
+            throw IoError(path + ": __metadata__ value of '" + m.first.as<std::string>() +
+                          "' is not a string");
+          }
+          file.metadata[m.first.as<std::string>()] = m.second.as<std::string>();
+        }
+        continue;
       }
-      continue;
+      entries.push_back(parse_entry(path, name, item.second));
     }
-    entries.push_back(parse_entry(path, name, item.second));
+  } catch (const YAML::Exception& e) {
+    throw IoError(path + ": malformed header: " + e.what());
   }
   // The data buffer must be covered exactly: no holes, no overlaps, nothing past the end.
   std::sort(entries.begin(), entries.end(),

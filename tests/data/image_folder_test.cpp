@@ -52,7 +52,10 @@ TEST_CASE("ADM centre crop halves large images, then resizes the short side", "[
 TEST_CASE("broken image folders are errors naming the path", "[data]") {
   TempDir dir("if");
   CHECK_THROWS_WITH(ImageFolder(dir / "none", 16, 0), Catch::Contains("none"));
-  CHECK_THROWS_WITH(ImageFolder(dir.path(), 16, 0), Catch::Contains("holds no images"));
+  CHECK_THROWS_WITH(ImageFolder(dir.path(), 16, 0), Catch::Contains("no class sub-folders"));
+  std::filesystem::create_directories(dir / "empty");
+  CHECK_THROWS_WITH(ImageFolder(dir.path(), 16, 0), Catch::Contains("'empty' holds no images"));
+  std::filesystem::remove(dir / "empty");
   std::filesystem::create_directories(dir / "c");
   std::ofstream(dir / "c/broken.png") << "not a png";
   ImageFolder folder(dir.path(), 16, 0);

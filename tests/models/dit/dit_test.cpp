@@ -112,7 +112,8 @@ TEST_CASE("state-dict keys are the official ones", "[dit]") {
     INFO(key);
     CHECK(keys.count(key) == 1);
   }
-  CHECK(keys.size() == 4 + 2 + 2 + 1 + 1 + 12 * 10 + 4);
+  // x_embedder 2, t_embedder 4, y_embedder 1, pos_embed 1, 12 blocks x 10, final layer 4.
+  CHECK(keys.size() == 2 + 4 + 1 + 1 + 12 * 10 + 4);
   CHECK(keys["y_embedder.embedding_table.weight"].size(0) == 1001);  // + the null class
   CHECK(keys["blocks.0.adaLN_modulation.1.weight"].sizes() == at::IntArrayRef({6 * 384, 384}));
   CHECK(keys["final_layer.linear.weight"].sizes() == at::IntArrayRef({2 * 2 * 8, 384}));

@@ -52,7 +52,7 @@ TEST_CASE("q(x_t | x_0) has the closed-form moments", "[diffusion]") {
     CHECK(xt.var().item<double>() == Approx(1 - abar).epsilon(0.05).margin(1e-4));
     auto mv = d.q_mean_variance(x0.narrow(0, 0, 1), t.narrow(0, 0, 1));
     CHECK(mv.mean.item<double>() == Approx(std::sqrt(abar) * 0.7).epsilon(1e-6));
-    CHECK(mv.variance.item<double>() == Approx(1 - abar).epsilon(1e-6));
+    CHECK(mv.variance.item<double>() == Approx(1 - abar).epsilon(1e-4));  // float32 near 1e-4
   }
 }
 
@@ -122,7 +122,9 @@ TEST_CASE("respacing keeps 0 and T-1 and preserves abar at the kept steps", "[di
   CHECK(space_timesteps(1000, "ddim50")[1] == 20);
   CHECK(space_timesteps(1000, "10,15").size() == 25);
   CHECK_THROWS(space_timesteps(1000, "2000"));
-  CHECK_THROWS(space_timesteps(1000, "ddim7"));
+  CHECK(space_timesteps(1000, "ddim7").size() == 7);  // stride 143
+  CHECK_THROWS(space_timesteps(1000, "ddim999"));       // no integer stride gives 999 steps
+  CHECK_THROWS(space_timesteps(1000, "25x"));
   auto base = linear_diffusion();
   auto spaced = base.respaced(kept);
   REQUIRE(spaced.num_timesteps() == 250);
@@ -175,7 +177,8 @@ TEST_CASE("DDPM and DDIM sample a known Gaussian data distribution", "[diffusion
   const double mu = 0.4, s = 0.5;
   auto base = GaussianDiffusion(make_betas("linear", 1000), /*learn_sigma=*/false);
   for (const char* sampler : {"ddpm", "ddim"}) {
-    auto d = base.respaced(space_timesteps(1000, std::string(sampler) == "ddpm" ? "200" : "50"));
+    // 250 steps: DDIM's discretisation shrinks the spread by ~6% at 50 steps, ~1% here.
+    auto d = base.respaced(space_timesteps(1000, "250"));
     ModelFn optimal = [&](const at::Tensor& x, const at::Tensor& t_model) {
       auto abar = base.gather(base.tables().alphas_cumprod, t_model);
       return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar);

@@ -1,11 +1,13 @@
 #include "trainers/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/optim/adamw.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 
 #include "data/prefetch_loader.h"
 #include "models/registry.h"
@@ -16,28 +18,88 @@
 #include "src/config/config_loader.h"
 #include "src/diffusion/gaussian_diffusion.h"
 #include "src/diffusion/noise_schedule.h"
+#include "src/io/atomic_file.h"
 #include "src/io/module_weights.h"
+#include "trainers/checkpoint.h"
 #include "trainers/ema.h"
 #include "trainers/experiment.h"
 #include "trainers/grad_norm.h"
 #include "trainers/metrics_sink.h"
+#include "trainers/optimizer_state.h"
+#include "trainers/resume.h"
 #include "trainers/sample_draws.h"
 #include "trainers/sampling.h"
+#include "trainers/stop_signal.h"
 
 namespace ditlab {
 namespace fs = std::filesystem;
 
 namespace {
 
-// Refuses to write over another run's results (resuming is a separate, explicit operation).
-void prepare_run_dir(const std::string& dir) {
-  for (const char* file : {"metrics.jsonl", "model.safetensors", "ema.safetensors"}) {
+// Sums of the logged quantities over one logging window, kept on the device and read once per
+// window (one host sync per log line). Saved in checkpoints so that logged means stay exact
+// across a resume in the middle of a window.
+struct Window {
+  at::Tensor loss_sum = at::zeros({}, at::kDouble), mse_sum = at::zeros({}, at::kDouble),
+             vb_sum = at::zeros({}, at::kDouble), grad_norm_sum = at::zeros({}, at::kDouble);
+  int64_t steps = 0, images = 0;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+
+  void add(const at::Tensor& loss, const at::Tensor& mse, const at::Tensor& vb,
+           const at::Tensor& grad_norm, int64_t batch) {
+    loss_sum = loss_sum.to(loss.device()) + loss.to(at::kDouble);
+    mse_sum = mse_sum.to(loss.device()) + mse.to(at::kDouble);
+    vb_sum = vb_sum.to(loss.device()) + vb.to(at::kDouble);
+    grad_norm_sum = grad_norm_sum.to(loss.device()) + grad_norm.to(at::kDouble);
+    steps += 1;
+    images += batch;
+  }
+  std::map<std::string, at::Tensor> to_tensors() const {
+    auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU); };
+    return {{"window.loss_sum", cpu(loss_sum)},         {"window.mse_sum", cpu(mse_sum)},
+            {"window.vb_sum", cpu(vb_sum)},             {"window.grad_norm_sum", cpu(grad_norm_sum)},
+            {"window.steps", at::tensor(steps, at::kLong)}, {"window.images", at::tensor(images, at::kLong)}};
+  }
+  void from_tensors(const std::map<std::string, at::Tensor>& t) {
+    loss_sum = t.at("window.loss_sum");
+    mse_sum = t.at("window.mse_sum");
+    vb_sum = t.at("window.vb_sum");
+    grad_norm_sum = t.at("window.grad_norm_sum");
+    steps = t.at("window.steps").item<int64_t>();
+    images = t.at("window.images").item<int64_t>();
+  }
+};
+
+// Refuses to write over another run's results (continuing one is --resume).
+void prepare_fresh_run_dir(const std::string& dir, bool allow_leftovers) {
+  for (const char* file : {"metrics.jsonl", "model.safetensors", "ema.safetensors", "checkpoints"}) {
     if (fs::exists(fs::path(dir) / file)) {
+      if (allow_leftovers) {
+        fs::remove_all(fs::path(dir) / file);  // --resume auto found nothing usable: start over
+        continue;
+      }
       throw ConfigError("run directory '" + dir + "' already holds a run (" + file +
-                        "); choose another run.dir (e.g. run.dir=runs/{time}) or remove it");
+                        "); continue it with --resume auto, choose another run.dir (e.g. "
+                        "run.dir=runs/{time}) or remove it");
     }
   }
   fs::create_directories(dir);
+}
+
+// Drops the metrics records that the resumed run will log again: those after `step`, and the
+// record of a partial window that a run ending at `step` logged.
+void truncate_metrics(const std::string& path, int64_t step, int64_t log_every) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    // A line cut short by a kill (no closing brace) is dropped with the others.
+    auto at = line.find("\"step\": ");
+    if (at == std::string::npos || line.empty() || line.back() != '}') continue;
+    int64_t s = std::strtoll(line.c_str() + at + 8, nullptr, 10);
+    if (s < step || (s == step && step % log_every == 0)) kept += line + "\n";
+  }
+  write_file_atomically(path, kept);
 }
 
 // Weights files carry the resolved config, so `dit sample --weights` needs nothing else.
@@ -45,29 +107,18 @@ std::map<std::string, std::string> weights_metadata(const ExperimentConfig& conf
   return {{"format", "ditlab"}, {"config", to_yaml(config)}, {"step", std::to_string(step)}};
 }
 
-// Every checkpoint.every steps: the weights so far, in checkpoints/step-NNNNNNNN/. (Optimizer and
-// RNG state for exact resume are not written yet.)
-void save_step_weights(const ExperimentConfig& config, const Backbone& model, const Backbone& ema,
-                       int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08ld", static_cast<long>(step));
-  const std::string dir = config.run.dir + "/checkpoints/" + name;
-  fs::create_directories(dir);
-  save_weights(model, dir + "/model.safetensors", weights_metadata(config, step));
-  save_weights(ema, dir + "/ema.safetensors", weights_metadata(config, step));
-  spdlog::info("saved weights of step {} in {}", step, dir);
+NamedParameters named_trainable(Backbone& model) {
+  NamedParameters out;
+  for (auto& p : model.named_parameters()) {
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  }
+  return out;
 }
-
-// Running means of the logged quantities over one logging window.
-struct Window {
-  at::Tensor loss_sum, mse_sum, vb_sum, grad_norm_sum;  // on the device; read once per window
-  int64_t steps = 0, images = 0;
-  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-};
 
 }  // namespace
 
-TrainSummary train(const ExperimentConfig& input_config, const std::string& command_line) {
+TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& options) {
+  // ---- Configuration: complete it from the data and the device.
   ExperimentConfig config = input_config;
   const auto& tc = config.train;
   config.run.dir = expand_run_dir(config.run.dir);
@@ -79,43 +130,98 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
                       std::to_string(tc.grad_accum_steps));
   }
   const bool bf16 = tc.precision == "bf16" || (tc.precision == "auto" && compat::bf16_supported(device));
-
-  // Data first: it completes the model config (image size, channels, classes).
   auto dataset = make_dataset(config.data);
   config.model = resolve_model_config(model_config_for_data(config.model, *dataset));
-
   if (config.sample.at_end) check_sample_config(config.model, config.diffusion, config.sample);
-  prepare_run_dir(config.run.dir);
-  log::add_file_sink(config.run.dir + "/train.log");
-  write_run_metadata(config.run.dir, config, command_line, device);
-  spdlog::info("run directory {}", config.run.dir);
 
+  // ---- The checkpoint to continue from, if any.
+  std::optional<Checkpoint> resume_from;
+  if (options.resume == "auto") {
+    resume_from = load_latest_complete(config.run.dir, [](const std::string& dir, const std::string& why) {
+      spdlog::warn("skipping checkpoint {}: {}", dir, why);
+    });
+  } else if (!options.resume.empty()) {
+    resume_from = load_checkpoint(options.resume);
+  }
+  if (resume_from) {
+    ExperimentConfig saved;
+    apply_yaml_text(saved, resume_from->config_yaml, "checkpoint config.yaml");
+    for (const auto& key : check_resume_config(saved, config, options.allow_config_change)) {
+      spdlog::warn("resuming with a changed {} (allowed by --allow-config-change)", key);
+    }
+    if (resume_from->step >= tc.steps) {
+      throw ConfigError("the checkpoint is at step " + std::to_string(resume_from->step) +
+                        ", train.steps is " + std::to_string(tc.steps) +
+                        "; raise train.steps to train longer");
+    }
+    fs::create_directories(config.run.dir);
+    truncate_metrics(config.run.dir + "/metrics.jsonl", resume_from->step, saved.train.log_every);
+  } else {
+    if (options.resume == "auto") spdlog::info("no complete checkpoint in {}: starting fresh", config.run.dir);
+    prepare_fresh_run_dir(config.run.dir, options.resume == "auto");
+  }
+  log::add_file_sink(config.run.dir + "/train.log");
+  write_run_metadata(config.run.dir, config, options.command_line, device);
+
+  // ---- Components.
   torch::manual_seed(static_cast<uint64_t>(tc.seed));  // the model's initialisation
   auto model = build_backbone(config.model);
   model->to(device);
   Ema ema(*model, build_backbone(config.model));
   ema.shadow().to(device);
-
-  std::vector<at::Tensor> trainable;
-  int64_t num_params = 0;
-  for (auto& p : model->parameters()) {
-    if (p.requires_grad()) trainable.push_back(p);
-    num_params += p.numel();
-  }
-  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(tc.lr)
-                                               .betas({tc.adam_beta1, tc.adam_beta2})
-                                               .eps(tc.adam_eps)
-                                               .weight_decay(tc.weight_decay));
+  const NamedParameters trainable = named_trainable(*model);
+  std::vector<at::Tensor> trainable_tensors;
+  for (const auto& [name, p] : trainable) trainable_tensors.push_back(p);
+  torch::optim::AdamW optimizer(trainable_tensors, torch::optim::AdamWOptions(tc.lr)
+                                                       .betas({tc.adam_beta1, tc.adam_beta2})
+                                                       .eps(tc.adam_eps)
+                                                       .weight_decay(tc.weight_decay));
   const auto& dc = config.diffusion;
   GaussianDiffusion diffusion(make_betas(dc.schedule, dc.steps, dc.beta_start, dc.beta_end),
                               config.model.learn_sigma);
   PrefetchLoader loader(dataset, EpochSampler(dataset->size(), tc.global_batch_size,
                                               static_cast<uint64_t>(tc.seed)),
                         config.data.prefetch);
+  Window window;
+  int64_t start_step = 0;
+  if (resume_from) {
+    const std::string source = "checkpoint of step " + std::to_string(resume_from->step);
+    load_state_dict(*model, resume_from->model, source + " (model)");
+    load_state_dict(ema.shadow(), resume_from->ema, source + " (ema)");
+    load_adamw_state(optimizer, trainable, resume_from->optimizer, source + " (optimizer)");
+    at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
+    cpu_generator.set_state(resume_from->trainer_state.at("rng.cpu"));
+    window.from_tensors(resume_from->trainer_state);
+    start_step = resume_from->step;
+    spdlog::info("resumed from step {} (epoch {})", start_step, loader.sampler().epoch_of(start_step));
+    resume_from.reset();  // free the host copies
+  }
+  int64_t num_params = 0;
+  for (auto& p : model->parameters()) num_params += p.numel();
   spdlog::info("model {} ({:.2f}M parameters), data {} ({} images, {} steps/epoch), device {}{}",
                config.model.name, num_params / 1e6, config.data.name, dataset->size(),
                loader.sampler().steps_per_epoch(), device.str(), bf16 ? ", bf16 autocast" : "");
 
+  auto save = [&](int64_t step) {
+    Checkpoint c;
+    c.step = step;
+    c.model = state_dict(*model);
+    c.ema = state_dict(ema.shadow());
+    c.optimizer = adamw_state_tensors(optimizer, trainable);
+    c.trainer_state = window.to_tensors();
+    c.trainer_state["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+    c.trainer_metadata = {{"step", std::to_string(step)},
+                          {"epoch", std::to_string(loader.sampler().epoch_of(step))},
+                          {"position_in_epoch", std::to_string(step % loader.sampler().steps_per_epoch())},
+                          {"seed", std::to_string(tc.seed)},
+                          {"world_size", "1"},
+                          {"libtorch_version", compat::torch_version()}};
+    c.config_yaml = to_yaml(config);
+    auto dir = save_checkpoint(config.run.dir, c, config.checkpoint.keep, config.checkpoint.keep_every);
+    spdlog::info("checkpoint {}", dir);
+  };
+
+  // ---- The loop.
   JsonlSink metrics(config.run.dir + "/metrics.jsonl");
   const int64_t micro_batch = tc.global_batch_size / tc.grad_accum_steps;
   const int64_t null_class = config.model.num_classes;
@@ -123,14 +229,17 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
                                             dataset->image_size()};
   TrainSummary summary;
   summary.run_dir = config.run.dir;
-  Window window;
-  ProgressBar bar(tc.steps, "train");
+  summary.start_step = summary.steps = start_step;
+  int64_t bad_steps = 0;
+  StopSignals signals;
+  ProgressBar bar(tc.steps, "train", start_step);
   const auto start = std::chrono::steady_clock::now();
   model->train();
 
-  for (int64_t step = 0; step < tc.steps; ++step) {
+  for (int64_t step = start_step; step < tc.steps; ++step) {
     Batch batch = loader.batch_for_step(step);
     optimizer.zero_grad();
+    at::Tensor loss_sum = at::zeros({}, device), mse_sum = loss_sum, vb_sum = loss_sum;
     for (int64_t micro = 0; micro < tc.grad_accum_steps; ++micro) {
       const int64_t first = micro * micro_batch;
       auto draws = draw_for_samples(static_cast<uint64_t>(tc.seed), step, first, micro_batch,
@@ -156,29 +265,39 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
       auto loss = losses.loss.sum() / static_cast<double>(tc.global_batch_size);
       if (aux_loss.defined()) loss = loss + aux_loss / static_cast<double>(tc.grad_accum_steps);
       loss.backward();
-      auto detached_sum = losses.loss.detach().sum();
-      window.loss_sum = window.loss_sum.defined() ? window.loss_sum + detached_sum : detached_sum;
-      auto mse = losses.mse.detach().sum(), vb = losses.vb.detach().sum();
-      window.mse_sum = window.mse_sum.defined() ? window.mse_sum + mse : mse;
-      window.vb_sum = window.vb_sum.defined() ? window.vb_sum + vb : vb;
+      loss_sum = loss_sum + losses.loss.detach().sum();
+      mse_sum = mse_sum + losses.mse.detach().sum();
+      vb_sum = vb_sum + losses.vb.detach().sum();
     }
-    auto grad_norm = clip_grad_norm(trainable, tc.grad_clip);
-    window.grad_norm_sum = window.grad_norm_sum.defined() ? window.grad_norm_sum + grad_norm : grad_norm;
-    optimizer.step();
-    ema.update(*model, Ema::decay_at(step, tc.ema_decay, tc.ema_warmup));
-    window.steps += 1;
-    window.images += tc.global_batch_size;
+    auto grad_norm = clip_grad_norm(trainable_tensors, tc.grad_clip);
+    // A non-finite loss or gradient skips the update (one host sync per step).
+    if (!(at::isfinite(loss_sum) & at::isfinite(grad_norm)).item<bool>()) {
+      optimizer.zero_grad();
+      spdlog::warn("step {}: non-finite loss or gradient; update skipped ({} in a row)", step + 1,
+                   ++bad_steps);
+      if (bad_steps >= tc.max_bad_steps) {
+        throw Error("training stopped: " + std::to_string(bad_steps) + " consecutive steps with a "
+                    "non-finite loss or gradient (train.max_bad_steps). The last good checkpoint "
+                    "is in " + config.run.dir + "/checkpoints; lower train.lr or set train.grad_clip");
+      }
+    } else {
+      bad_steps = 0;
+      optimizer.step();
+      ema.update(*model, Ema::decay_at(step, tc.ema_decay, tc.ema_warmup));
+      window.add(loss_sum, mse_sum, vb_sum, grad_norm, tc.global_batch_size);
+    }
 
     const int64_t done = step + 1;
-    if (done % tc.log_every == 0 || done == tc.steps) {
+    summary.steps = done;
+    const bool log_boundary = done % tc.log_every == 0;
+    const bool last = done == tc.steps;
+    const bool periodic = config.checkpoint.every > 0 && done % config.checkpoint.every == 0;
+    auto log_window = [&] {
+      if (window.steps == 0) return;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - window.start).count();
       const double images = static_cast<double>(window.images);
       const double loss = window.loss_sum.item<double>() / images;
-      if (!std::isfinite(loss)) {
-        throw Error("training diverged at step " + std::to_string(done) + " (loss " +
-                    std::to_string(loss) + "); lower train.lr or set train.grad_clip");
-      }
       std::vector<std::pair<std::string, double>> record = {
           {"step", static_cast<double>(done)},
           {"epoch", static_cast<double>(loader.sampler().epoch_of(step))},
@@ -191,9 +310,8 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
           {"images_per_sec", images / seconds},
       };
       metrics.write(record);
-      if (summary.steps == 0) summary.first_loss = loss;
+      if (summary.first_loss == 0.0) summary.first_loss = loss;
       summary.last_loss = loss;
-      summary.steps = done;
       double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       bar.clear();
       spdlog::info("step {}/{}  loss {:.4f}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s  "
@@ -201,26 +319,37 @@ TrainSummary train(const ExperimentConfig& input_config, const std::string& comm
                    done, tc.steps, loss, record[5].second, record[7].second, record[8].second,
                    format_duration(elapsed));
       window = Window();
-    }
-    if (config.checkpoint.every > 0 && done % config.checkpoint.every == 0 && done < tc.steps) {
-      save_step_weights(config, *model, ema.shadow(), done);
+    };
+    if (log_boundary) log_window();
+    if (periodic || last) save(done);
+    // A run ending inside a logging window logs it after the checkpoint, which keeps the window
+    // open: a resumed run then logs exactly what one long run would have.
+    if (last && !log_boundary) log_window();
+    if (int sig = StopSignals::requested(); sig != 0 && done < tc.steps) {
+      if (!periodic) save(done);
+      bar.finish();
+      spdlog::warn("stopped by signal {} after step {}; to continue, run the same command with "
+                   "--resume auto run.dir={}", sig, done, config.run.dir);
+      summary.stopped_by_signal = sig;
+      return summary;
     }
     bar.update(done, "loss " + std::to_string(summary.last_loss).substr(0, 6));
   }
   bar.finish();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("trained {} steps in {}", tc.steps, format_duration(summary.seconds));
+  spdlog::info("trained steps {}..{} in {}", start_step + 1, tc.steps, format_duration(summary.seconds));
 
+  // ---- The final weights (also in the last checkpoint) and samples.
   save_weights(*model, config.run.dir + "/model.safetensors", weights_metadata(config, tc.steps));
   save_weights(ema.shadow(), config.run.dir + "/ema.safetensors", weights_metadata(config, tc.steps));
   spdlog::info("saved model.safetensors and ema.safetensors");
-
   if (config.sample.at_end) {
     auto labels = grid_labels(config.model.num_classes, config.sample.num_per_class);
     auto samples = generate_samples(ema.shadow(), config.diffusion, config.sample, labels, device);
-    std::string path = config.run.dir + "/samples.png";
-#ifndef DITLAB_WITH_OPENCV
-    path = config.run.dir + "/samples.safetensors";
+#ifdef DITLAB_WITH_OPENCV
+    const std::string path = config.run.dir + "/samples.png";
+#else
+    const std::string path = config.run.dir + "/samples.safetensors";
 #endif
     write_samples(path, samples, labels, config.sample.num_per_class);
     spdlog::info("wrote {} (EMA weights, {} sampler, {} steps, guidance {})", path,

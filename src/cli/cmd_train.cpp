@@ -11,6 +11,10 @@ namespace ditlab::cli {
 int run_train(int argc, char** argv) {
   Args args("train",
             {{"config", "experiment YAML (default: configs/default.yaml)"},
+             {"resume", "auto (newest complete checkpoint of run.dir, else start fresh) or a "
+                        "checkpoint directory"},
+             {"allow-config-change", "let a resumed run change keys that change the maths "
+                                     "(e.g. train.lr); model.* never", false},
              {"help", "show this help", false}},
             argc, argv, 2);
   if (args.has("help")) {
@@ -18,7 +22,11 @@ int run_train(int argc, char** argv) {
     return 0;
   }
   auto config = load_experiment_config(config_path_or_default(args.get("config")), args.overrides());
-  train(config, joined_command_line(argc, argv));
+  TrainOptions options;
+  options.resume = args.get_or("resume", "");
+  options.allow_config_change = args.has("allow-config-change");
+  options.command_line = joined_command_line(argc, argv);
+  train(config, options);  // a stop by signal has checkpointed: exit 0
   return 0;
 }
 

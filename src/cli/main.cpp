@@ -17,10 +17,11 @@ namespace {
 const char* kUsage =
     "usage: dit <command> [options] [key.sub=value ...]\n"
     "commands:\n"
-    "  train    train a backbone (default config: configs/default.yaml)\n"
+    "  train    train a backbone (default config: configs/default.yaml); --resume auto|DIR\n"
     "  sample   draw class-conditional samples from a run or a weights file\n"
     "  forward  one float32 forward pass on given weights and inputs (parity checks)\n"
     "  config   print the resolved config, or the reference of every key (--docs)\n"
+    "  export   the weights of a checkpoint alone, in the official key layout\n"
     "Run `dit <command> --help` for a command's options.\n";
 
 }  // namespace
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     if (command == "sample") return cli::run_sample(argc, argv);
     if (command == "forward") return cli::run_forward(argc, argv);
     if (command == "config") return cli::run_config(argc, argv);
+    if (command == "export") return cli::run_export(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

@@ -6,7 +6,10 @@
 #include <c10/core/ScalarType.h>
 #include <torch/version.h>
 
+#include <c10/util/string_utils.h>
+
 #include <string>
+#include <type_traits>
 
 namespace ditlab::compat {
 
@@ -33,6 +36,19 @@ class AutocastGuard {
   bool previous_;
   c10::ScalarType previous_dtype_;
 };
+
+// The optimizer's per-parameter state slot. LibTorch keys Optimizer::state() by the parameter's
+// TensorImpl address, as a string in 1.x and as a pointer in later versions; this hides which.
+template <class Optimizer>
+auto& optimizer_state_slot(Optimizer& optimizer, const at::Tensor& parameter) {
+  auto& state = optimizer.state();
+  using Key = typename std::decay_t<decltype(state)>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    return state[c10::guts::to_string(parameter.unsafeGetTensorImpl())];
+  } else {
+    return state[reinterpret_cast<Key>(parameter.unsafeGetTensorImpl())];
+  }
+}
 
 // Whether train.precision=auto picks bf16 autocast on this device: on CUDA yes, on CPUs no (bf16
 // matrix products are slower than fp32 there).

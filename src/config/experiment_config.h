@@ -56,10 +56,13 @@ struct TrainConfig {
   std::string device = "auto";
   int64_t threads = 0;  // 0: LibTorch's default
   int64_t log_every = 50;
+  int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops
 };
 
 struct CheckpointConfig {
-  int64_t every = 0;  // 0: only the final weights
+  int64_t every = 0;       // 0: only at the end
+  int64_t keep = 3;        // newest checkpoints kept; 0 keeps all
+  int64_t keep_every = 0;  // also keep every step that is a multiple of this, forever
 };
 
 struct SampleConfig {

@@ -175,8 +175,13 @@ std::vector<OptionSpec> build_table() {
       string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
+      int_option(FIELD(train.max_bad_steps), 1, kNoMax,
+                 "Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops"),
 
       int_option(FIELD(checkpoint.every), 0, kNoMax, "Steps between checkpoints; 0 = only at the end"),
+      int_option(FIELD(checkpoint.keep), 0, kNoMax, "Newest checkpoints to keep; 0 = all"),
+      int_option(FIELD(checkpoint.keep_every), 0, kNoMax,
+                 "Also keep forever the checkpoints of steps that are multiples of this; 0 = none"),
 
       string_option(FIELD(sample.sampler), {"ddpm", "ddim"}, "Sampler"),
       int_option(FIELD(sample.steps), 1, kNoMax, "Sampling steps (respaced)"),

@@ -35,6 +35,16 @@ TEST_CASE("dit reports usage errors with exit code 2 and config errors with 1", 
                         (dir / "x.png"),
                     dir / "log") == 1);
   CHECK_THAT(read_file(dir / "log"), Catch::Contains("none.safetensors"));
+  CHECK(run_command(dit_binary() + " forward --model DiT-S/2 train.lr=1", dir / "log") == 2);
+  CHECK_THAT(read_file(dir / "log"), Catch::Contains("no config overrides"));
+  // Logs and errors go to stderr: stdout holds only the command's output.
+  CHECK(run_command("(" + dit_binary() + " config --config " + debug_config() +
+                        " train.lrr=1 2>/dev/null)",
+                    dir / "log") == 1);
+  CHECK(read_file(dir / "log").empty());
+  CHECK(run_command("(" + dit_binary() + " config --config " + debug_config() + " 2>/dev/null)",
+                    dir / "log") == 0);
+  CHECK_THAT(read_file(dir / "log"), Catch::StartsWith("model:\n  name: \"dit\""));
   CHECK(run_command(dit_binary() + " config --docs", dir / "log") == 0);
   CHECK_THAT(read_file(dir / "log"), Catch::Contains("`train.lr`"));
 }

@@ -75,3 +75,29 @@ TEST_CASE("samples are written as a PNG grid or as safetensors", "[sampling]") {
 #endif
   CHECK_THROWS_AS(write_samples(dir / "s.jpg2", samples, labels, 2), UsageError);
 }
+
+TEST_CASE("impossible sampling settings are refused before any work", "[sampling]") {
+  ModelConfig model;
+  model.in_channels = 1;
+  DiffusionConfig dc;
+  SampleConfig sc;
+  CHECK_NOTHROW(check_sample_config(model, dc, sc));
+  sc.steps = 2000;
+  CHECK_THROWS_WITH(check_sample_config(model, dc, sc), Catch::Contains("sample.steps"));
+  sc = SampleConfig();
+  sc.cfg_channels = 3;  // the official 3-of-4 channels do not exist on a 1-channel model
+  CHECK_THROWS_WITH(check_sample_config(model, dc, sc), Catch::Contains("sample.cfg_channels"));
+  sc = SampleConfig();
+  model.class_dropout_prob = 0.0;
+  CHECK_THROWS_WITH(check_sample_config(model, dc, sc), Catch::Contains("null class"));
+  sc.cfg_scale = 1.0;
+  CHECK_NOTHROW(check_sample_config(model, dc, sc));
+  // And at sampling time, from the model itself.
+  auto unconditional_only = random_model(/*class_dropout=*/0.0);
+  sc.cfg_scale = 2.0;
+  sc.steps = 2;
+  CHECK_THROWS_AS(generate_samples(*unconditional_only, dc, sc, grid_labels(3, 1), c10::Device("cpu")),
+                  ConfigError);
+  CHECK_THROWS_AS(check_sample_output("grid.jpg"), UsageError);
+  CHECK_NOTHROW(check_sample_output("s.safetensors"));
+}

@@ -36,7 +36,7 @@ std::vector<std::string> lines(const std::string& path) {
 TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[trainer]") {
   TempDir dir("train");
   auto run = dir / "run";
-  auto summary = train(debug_config(run, {"train.steps=40", "train.log_every=10"}), "test");
+  auto summary = train(debug_config(run, {"train.steps=40", "train.log_every=10"}));
   INFO("first " << summary.first_loss << " last " << summary.last_loss);
   CHECK(summary.last_loss < 0.8 * summary.first_loss);
   for (const char* file : {"config.yaml", "run_info.yaml", "train.log", "metrics.jsonl",
@@ -62,15 +62,15 @@ TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[t
   CHECK(weights.metadata.at("config") == read_file(run + "/config.yaml"));
   CHECK(weights.tensors.count("blocks.1.adaLN_modulation.1.weight") == 1);
   // A second run into the same directory is refused instead of overwriting it.
-  CHECK_THROWS_WITH(train(debug_config(run), "test"), Catch::Contains("already holds a run"));
+  CHECK_THROWS_WITH(train(debug_config(run)), Catch::Contains("already holds a run"));
 }
 
 TEST_CASE("training is deterministic and independent of how the batch is split", "[trainer]") {
   TempDir dir("train");
-  train(debug_config(dir / "a", {"train.steps=6"}), "test");
-  train(debug_config(dir / "b", {"train.steps=6"}), "test");
-  train(debug_config(dir / "c", {"train.steps=6", "train.grad_accum_steps=4"}), "test");
-  train(debug_config(dir / "d", {"train.steps=6", "train.seed=1"}), "test");
+  train(debug_config(dir / "a", {"train.steps=6"}));
+  train(debug_config(dir / "b", {"train.steps=6"}));
+  train(debug_config(dir / "c", {"train.steps=6", "train.grad_accum_steps=4"}));
+  train(debug_config(dir / "d", {"train.steps=6", "train.seed=1"}));
   auto a = read_safetensors(dir / "a/model.safetensors").tensors;
   auto b = read_safetensors(dir / "b/model.safetensors").tensors;
   auto c = read_safetensors(dir / "c/model.safetensors").tensors;
@@ -88,6 +88,22 @@ TEST_CASE("training is deterministic and independent of how the batch is split",
   CHECK(seed_matters);
   CHECK(lines(dir / "a/metrics.jsonl").back().substr(0, 40) ==
         lines(dir / "b/metrics.jsonl").back().substr(0, 40));
+}
+
+TEST_CASE("checkpoint.every writes checkpoints of intermediate steps and of the end", "[trainer]") {
+  TempDir dir("train");
+  train(debug_config(dir / "run", {"train.steps=6", "checkpoint.every=2"}));
+  namespace fs = std::filesystem;
+  for (const char* step : {"step-00000002", "step-00000004", "step-00000006"}) {
+    INFO(step);
+    auto weights = read_safetensors(dir / ("run/checkpoints/" + std::string(step) + "/ema.safetensors"));
+    CHECK(weights.metadata.at("step") == std::to_string(std::stoll(std::string(step).substr(5))));
+  }
+  auto at2 = read_safetensors(dir / "run/checkpoints/step-00000002/model.safetensors").tensors;
+  auto at6 = read_safetensors(dir / "run/checkpoints/step-00000006/model.safetensors").tensors;
+  auto final_weights = read_safetensors(dir / "run/model.safetensors").tensors;
+  CHECK_FALSE(at::equal(at2.at("final_layer.linear.weight"), at6.at("final_layer.linear.weight")));
+  CHECK(at::equal(at6.at("final_layer.linear.weight"), final_weights.at("final_layer.linear.weight")));
 }
 
 TEST_CASE("per-sample draws depend only on (seed, step, global index)", "[trainer]") {

@@ -117,6 +117,18 @@ TEST_CASE("every malformed safetensors file is an error naming the file and the 
             R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(6, '\0'));
   CHECK_THAT(io_error(dir / "trailing.safetensors"), Catch::Contains("trailing bytes"));
 
+  write_raw(dir / "dup.safetensors",
+            R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+            std::string(8, '\0'));
+  CHECK_THROWS_AS(read_safetensors(dir / "dup.safetensors"), IoError);
+
+  write_raw(dir / "meta.safetensors", R"({"__metadata__":{"a":{"b":1}}})", "");
+  CHECK_THAT(io_error(dir / "meta.safetensors"), Catch::Contains("__metadata__"));
+
+  write_raw(dir / "dtypelist.safetensors",
+            R"({"w":{"dtype":["F32"],"shape":[1],"data_offsets":[0,4]}})", four);
+  CHECK_THAT(io_error(dir / "dtypelist.safetensors"), Catch::Contains("'w'"));
+
   write_raw(dir / "neg.safetensors",
             R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", four);
   CHECK_THAT(io_error(dir / "neg.safetensors"), Catch::Contains("'w'"));

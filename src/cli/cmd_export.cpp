@@ -1,0 +1,33 @@
+// `dit export`: the weights of one checkpoint alone, in the official key layout.
+#include "src/cli/args.h"
+#include "src/cli/commands.h"
+#include "src/common/log.h"
+#include "src/io/safetensors.h"
+#include "trainers/checkpoint.h"
+
+namespace ditlab::cli {
+
+int run_export(int argc, char** argv) {
+  Args args("export",
+            {{"checkpoint", "a checkpoint directory (run/checkpoints/step-N)"},
+             {"out", "the weights file to write (.safetensors)"},
+             {"ema", "export the EMA weights (default: the trained weights)", false},
+             {"help", "show this help", false}},
+            argc, argv, 2);
+  if (args.has("help")) {
+    std::printf("%s", args.usage().c_str());
+    return 0;
+  }
+  const std::string dir = args.require("checkpoint");
+  const std::string out = args.require("out");
+  Checkpoint checkpoint = load_checkpoint(dir);  // verifies checksums before anything is written
+  const bool ema = args.has("ema");
+  write_safetensors(out, ema ? checkpoint.ema : checkpoint.model,
+                    {{"format", "ditlab"},
+                     {"config", checkpoint.config_yaml},
+                     {"step", std::to_string(checkpoint.step)}});
+  spdlog::info("wrote {} ({} weights of step {})", out, ema ? "EMA" : "trained", checkpoint.step);
+  return 0;
+}
+
+}  // namespace ditlab::cli

@@ -1,0 +1,130 @@
+// Exact resume: N steps in one go equal k steps, a stop, and N - k more, bit for bit.
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/io/safetensors.h"
+#include "tests/test_support.h"
+#include "trainers/checkpoint.h"
+#include "trainers/trainer.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+namespace {
+ExperimentConfig config_for(const std::string& run_dir, std::vector<std::string> overrides) {
+  overrides.push_back("run.dir=" + run_dir);
+  overrides.push_back("sample.at_end=false");
+  overrides.push_back("train.log_every=3");  // windows that a resume can split
+  return load_experiment_config(ditlab::testing::source_dir() + "/configs/debug/dit.yaml", overrides);
+}
+
+// The logged records without the timing fields (which differ between any two runs).
+std::vector<std::string> logged_losses(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);) out.push_back(line.substr(0, line.find(", \"lr\"")));
+  return out;
+}
+
+void require_identical(const std::map<std::string, at::Tensor>& a,
+                       const std::map<std::string, at::Tensor>& b, const std::string& what) {
+  REQUIRE(a.size() == b.size());
+  for (const auto& [name, t] : a) {
+    INFO(what << " " << name);
+    REQUIRE(b.count(name) == 1);
+    CHECK(at::equal(t, b.at(name)));
+  }
+}
+
+void check_exact_resume(int64_t total, int64_t first_part, std::vector<std::string> extra) {
+  TempDir dir("resume");
+  auto one_go = extra;
+  one_go.push_back("train.steps=" + std::to_string(total));
+  train(config_for(dir / "one", one_go));
+
+  auto part = extra;
+  part.push_back("train.steps=" + std::to_string(first_part));
+  train(config_for(dir / "two", part));
+  TrainOptions resume;
+  resume.resume = "auto";
+  auto summary = train(config_for(dir / "two", one_go), resume);
+  CHECK(summary.start_step == first_part);
+
+  auto last = [&](const std::string& run) {
+    return load_checkpoint(run + "/checkpoints/step-" + std::string(8 - std::to_string(total).size(), '0') +
+                           std::to_string(total));
+  };
+  auto a = last(dir / "one"), b = last(dir / "two");
+  require_identical(a.model, b.model, "model");
+  require_identical(a.ema, b.ema, "ema");
+  require_identical(a.optimizer, b.optimizer, "optimizer");
+  CHECK(at::equal(a.trainer_state.at("rng.cpu"), b.trainer_state.at("rng.cpu")));
+  auto logged_a = logged_losses(dir / "one"), logged_b = logged_losses(dir / "two");
+  CHECK(logged_a.size() == static_cast<size_t>((total + 2) / 3));
+  CHECK(logged_a == logged_b);
+}
+}  // namespace
+
+TEST_CASE("resume inside an epoch and inside a logging window is bit-exact", "[resume]") {
+  check_exact_resume(10, 5, {});
+}
+
+TEST_CASE("resume at an epoch boundary is bit-exact", "[resume]") {
+  // The debug config has 256 images and batch 16: 16 steps per epoch.
+  check_exact_resume(20, 16, {});
+}
+
+TEST_CASE("resume with gradient accumulation is bit-exact", "[resume]") {
+  check_exact_resume(9, 4, {"train.grad_accum_steps=2"});
+}
+
+TEST_CASE("a resumed run must keep the maths of the checkpoint", "[resume]") {
+  TempDir dir("resume");
+  train(config_for(dir / "run", {"train.steps=3"}));
+  TrainOptions resume;
+  resume.resume = "auto";
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "train.lr=0.5"}), resume),
+                    Catch::Contains("train.lr: checkpoint 0.001, now 0.5"));
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=3"}), resume),
+                    Catch::Contains("raise train.steps"));
+  resume.allow_config_change = true;
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "model.depth=3"}), resume),
+                    Catch::Contains("model.depth"));
+  auto changed = train(config_for(dir / "run", {"train.steps=6", "train.lr=0.0005"}), resume);
+  CHECK(changed.start_step == 3);
+  CHECK(changed.steps == 6);
+  // An explicit checkpoint path works too (and a later run into another directory).
+  TrainOptions from_path;
+  from_path.resume = dir / "run/checkpoints/step-00000003";
+  from_path.allow_config_change = true;
+  CHECK(train(config_for(dir / "other", {"train.steps=5", "train.lr=0.0005"}), from_path).start_step == 3);
+  // Without --resume, an existing run is never overwritten.
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=8"})), Catch::Contains("--resume auto"));
+}
+
+TEST_CASE("resume auto starts fresh when there is no checkpoint", "[resume]") {
+  TempDir dir("resume");
+  TrainOptions resume;
+  resume.resume = "auto";
+  auto summary = train(config_for(dir / "new", {"train.steps=2"}), resume);
+  CHECK(summary.start_step == 0);
+  CHECK(summary.steps == 2);
+}
+
+TEST_CASE("non-finite steps are skipped, and too many in a row stop the run", "[resume]") {
+  TempDir dir("resume");
+  // An absurd learning rate without clipping blows the weights up within a few steps.
+  auto config = config_for(dir / "run", {"train.steps=40", "train.lr=1e30", "train.grad_clip=0",
+                                         "train.max_bad_steps=3", "checkpoint.every=1"});
+  CHECK_THROWS_WITH(train(config), Catch::Contains("non-finite") && Catch::Contains("max_bad_steps"));
+  // The last good checkpoint is still there and loads.
+  auto good = load_latest_complete(dir / "run");
+  REQUIRE(good.has_value());
+  CHECK(good->step >= 1);
+}

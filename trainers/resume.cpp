@@ -1,0 +1,41 @@
+#include "trainers/resume.h"
+
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/config/option_table.h"
+
+namespace ditlab {
+
+bool free_on_resume(const std::string& key) {
+  static const std::vector<std::string> kFree = {
+      "train.steps",      "train.log_every", "train.threads",     "train.device",
+      "train.max_bad_steps", "data.prefetch", "checkpoint.every", "checkpoint.keep",
+      "checkpoint.keep_every", "run.dir"};
+  for (const auto& k : kFree) {
+    if (key == k) return true;
+  }
+  return key.rfind("sample.", 0) == 0;  // sampling after training does not touch training
+}
+
+std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
+                                             const ExperimentConfig& now, bool allow_change) {
+  std::vector<std::string> refused, allowed;
+  for (const auto& key : differing_keys(saved, now)) {
+    if (free_on_resume(key)) continue;
+    const bool architecture = key.rfind("model.", 0) == 0;
+    (architecture || !allow_change ? refused : allowed).push_back(key);
+  }
+  if (!refused.empty()) {
+    std::string msg = "the config differs from the checkpoint's in keys that change the maths:";
+    for (const auto& key : refused) {
+      const OptionSpec* spec = find_option(key);
+      msg += "\n  " + key + ": checkpoint " + spec->get(saved) + ", now " + spec->get(now);
+    }
+    msg += "\nUse the checkpoint's values, or pass --allow-config-change to change them on purpose"
+           " (model.* can never change on resume).";
+    throw ConfigError(msg);
+  }
+  return allowed;
+}
+
+}  // namespace ditlab

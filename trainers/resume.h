@@ -1,0 +1,21 @@
+// Which config changes a resumed run may make.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "src/config/experiment_config.h"
+
+namespace ditlab {
+
+// Whether `key` only affects bookkeeping (how long, how often to log or save, where, sampling
+// at the end), so that a resumed run may change it freely.
+bool free_on_resume(const std::string& key);
+
+// Compares the checkpoint's resolved config with the resumed run's. Architecture keys
+// (model.*) must match; other keys that change the maths must match unless `allow_change`.
+// Throws ConfigError listing every offending key with both values; returns the keys that
+// differ and were allowed (for the log).
+std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
+                                             const ExperimentConfig& now, bool allow_change);
+
+}  // namespace ditlab

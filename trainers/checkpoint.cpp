@@ -30,7 +30,7 @@ std::string step_name(int64_t step) {
 
 // The step of a complete checkpoint directory name ("step-00000100"), or -1.
 int64_t step_of(const std::string& name) {
-  if (name.size() != 13 || name.rfind("step-", 0) != 0) return -1;
+  if (name.size() < 13 || name.size() > 23 || name.rfind("step-", 0) != 0) return -1;
   if (!std::all_of(name.begin() + 5, name.end(), ::isdigit)) return -1;
   return std::stoll(name.substr(5));
 }
@@ -48,8 +48,9 @@ uint32_t crc32_of(const std::string& bytes) {
 void fsync_dir(const std::string& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
   if (fd < 0) throw IoError("cannot open folder '" + dir + "' to sync it");
-  ::fsync(fd);
+  int rc = ::fsync(fd);
   ::close(fd);
+  if (rc != 0) throw IoError("cannot sync folder '" + dir + "' (disk full or failing?)");
 }
 
 void prune(const std::string& run_dir, int64_t keep, int64_t keep_every) {
@@ -110,6 +111,7 @@ std::string save_checkpoint(const std::string& run_dir, const Checkpoint& c, int
 
 Checkpoint load_checkpoint(const std::string& dir) {
   const std::string manifest_path = dir + "/" + kManifest;
+  if (!fs::is_directory(dir)) throw IoError("checkpoint folder not found: '" + dir + "'");
   if (!fs::exists(manifest_path)) {
     throw IoError(dir + ": no manifest.json (an incomplete checkpoint)");
   }
@@ -163,6 +165,16 @@ std::vector<std::string> list_checkpoints(const std::string& run_dir) {
   std::vector<std::string> dirs;
   for (auto& [step, dir] : found) dirs.push_back(std::move(dir));
   return dirs;
+}
+
+void set_aside_checkpoints_after(const std::string& run_dir, int64_t step) {
+  for (const auto& dir : list_checkpoints(run_dir)) {
+    if (step_of(fs::path(dir).filename().string()) <= step) continue;
+    std::string aside = dir + ".stale";
+    std::error_code ec;
+    fs::remove_all(aside, ec);
+    fs::rename(dir, aside, ec);
+  }
 }
 
 std::optional<Checkpoint> load_latest_complete(

@@ -41,6 +41,11 @@ Checkpoint load_checkpoint(const std::string& dir);
 // The complete checkpoint directories of a run, newest first.
 std::vector<std::string> list_checkpoints(const std::string& run_dir);
 
+// Renames the checkpoints of `run_dir` newer than `step` to <name>.stale, out of the listing: a
+// run resumed from `step` starts a new branch, and the newer ones (corrupt, or from a run with
+// other settings) must not be picked up by a later --resume auto.
+void set_aside_checkpoints_after(const std::string& run_dir, int64_t step);
+
 // The newest checkpoint of `run_dir` that verifies, newest step first; each one skipped is
 // reported through `on_skip(dir, reason)`. nullopt when there is none.
 std::optional<Checkpoint> load_latest_complete(

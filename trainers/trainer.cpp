@@ -140,8 +140,19 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
     resume_from = load_latest_complete(config.run.dir, [](const std::string& dir, const std::string& why) {
       spdlog::warn("skipping checkpoint {}: {}", dir, why);
     });
+    if (!resume_from && !list_checkpoints(config.run.dir).empty()) {
+      throw IoError("no checkpoint in " + config.run.dir + "/checkpoints verifies (see the warnings "
+                    "above); nothing was changed. Remove the run directory to start over");
+    }
   } else if (!options.resume.empty()) {
     resume_from = load_checkpoint(options.resume);
+    std::error_code ec;  // `own`: the checkpoint belongs to run.dir itself
+    const bool own = fs::equivalent(fs::weakly_canonical(options.resume).parent_path().parent_path(),
+                                    config.run.dir, ec);
+    if (!own && (fs::exists(config.run.dir + "/metrics.jsonl") || !list_checkpoints(config.run.dir).empty())) {
+      throw ConfigError("run directory '" + config.run.dir + "' holds another run; resume " +
+                        options.resume + " into a new run.dir");
+    }
   }
   if (resume_from) {
     ExperimentConfig saved;
@@ -155,6 +166,7 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                         "; raise train.steps to train longer");
     }
     fs::create_directories(config.run.dir);
+    set_aside_checkpoints_after(config.run.dir, resume_from->step);
     truncate_metrics(config.run.dir + "/metrics.jsonl", resume_from->step, saved.train.log_every);
   } else {
     if (options.resume == "auto") spdlog::info("no complete checkpoint in {}: starting fresh", config.run.dir);

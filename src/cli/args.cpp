@@ -1,6 +1,7 @@
 #include "src/cli/args.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "src/common/error.h"
 
@@ -8,6 +9,7 @@ namespace ditlab::cli {
 
 Args::Args(const std::string& command, std::vector<Flag> flags, int argc, char** argv, int first)
     : command_(command), flags_(std::move(flags)) {
+  flags_.push_back({"help", "show this help", false});
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) == 0) {
@@ -94,6 +96,12 @@ std::string Args::usage() const {
     text += "  --" + f.name + (f.takes_value ? " VALUE" : "") + "\n      " + f.help + "\n";
   }
   return text;
+}
+
+bool Args::print_help_if_asked() const {
+  if (!has("help")) return false;
+  std::printf("%s", usage().c_str());
+  return true;
 }
 
 std::string joined_command_line(int argc, char** argv) {

@@ -27,6 +27,8 @@ class Args {
   bool get_bool(const std::string& name, bool fallback) const;
   const std::vector<std::string>& overrides() const { return overrides_; }
   std::string usage() const;
+  // Prints the usage to stdout if --help was given (every command has it); returns whether.
+  bool print_help_if_asked() const;
 
  private:
   std::string command_;

@@ -10,13 +10,9 @@ namespace ditlab::cli {
 int run_config(int argc, char** argv) {
   Args args("config",
             {{"config", "experiment YAML (default: configs/default.yaml)"},
-             {"docs", "print the reference of every key (docs/config.md) instead", false},
-             {"help", "show this help", false}},
+             {"docs", "print the reference of every key (docs/config.md) instead", false}},
             argc, argv, 2);
-  if (args.has("help")) {
-    std::printf("%s", args.usage().c_str());
-    return 0;
-  }
+  if (args.print_help_if_asked()) return 0;
   if (args.has("docs")) {
     std::printf("%s", config_reference_markdown().c_str());
     return 0;

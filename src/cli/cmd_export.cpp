@@ -1,6 +1,7 @@
 // `dit export`: the weights of one checkpoint alone, in the official key layout.
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
+#include "src/common/error.h"
 #include "src/common/log.h"
 #include "src/io/safetensors.h"
 #include "trainers/checkpoint.h"
@@ -11,15 +12,15 @@ int run_export(int argc, char** argv) {
   Args args("export",
             {{"checkpoint", "a checkpoint directory (run/checkpoints/step-N)"},
              {"out", "the weights file to write (.safetensors)"},
-             {"ema", "export the EMA weights (default: the trained weights)", false},
-             {"help", "show this help", false}},
+             {"ema", "export the EMA weights (default: the trained weights)", false}},
             argc, argv, 2);
-  if (args.has("help")) {
-    std::printf("%s", args.usage().c_str());
-    return 0;
-  }
+  if (args.print_help_if_asked()) return 0;
   const std::string dir = args.require("checkpoint");
   const std::string out = args.require("out");
+  if (!args.overrides().empty()) throw UsageError("dit export takes no config overrides\n" + args.usage());
+  if (out.size() < 12 || out.compare(out.size() - 12, 12, ".safetensors") != 0) {
+    throw UsageError("dit export: --out must name a .safetensors file, got '" + out + "'");
+  }
   Checkpoint checkpoint = load_checkpoint(dir);  // verifies checksums before anything is written
   const bool ema = args.has("ema");
   write_safetensors(out, ema ? checkpoint.ema : checkpoint.model,

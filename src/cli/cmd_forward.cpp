@@ -28,13 +28,9 @@ int run_forward(int argc, char** argv) {
              {"patch-size", "patch size (family names only)"},
              {"conditioning", "adaln_zero (default), adaln, cross_attention, in_context"},
              {"cfg-scale", "if given, run forward_with_cfg with this scale"},
-             {"cfg-channels", "guided channels for --cfg-scale (0 = all noise channels)"},
-             {"help", "show this help", false}},
+             {"cfg-channels", "guided channels for --cfg-scale (0 = all noise channels)"}},
             argc, argv, 2);
-  if (args.has("help")) {
-    std::printf("%s", args.usage().c_str());
-    return 0;
-  }
+  if (args.print_help_if_asked()) return 0;
   if (!args.overrides().empty()) {
     throw UsageError("dit forward takes no config overrides (got '" + args.overrides().front() +
                      "'); the model is described by the options\n" + args.usage());

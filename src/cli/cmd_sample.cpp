@@ -25,13 +25,9 @@ int run_sample(int argc, char** argv) {
              {"cfg-scale", "classifier-free guidance scale (1 = none)"},
              {"seed", "sampling seed"},
              {"device", "auto, cpu or cuda[:N]"},
-             {"out", "output: FILE.png (grid) or FILE.safetensors (samples, labels)"},
-             {"help", "show this help", false}},
+             {"out", "output: FILE.png (grid) or FILE.safetensors (samples, labels)"}},
             argc, argv, 2);
-  if (args.has("help")) {
-    std::printf("%s", args.usage().c_str());
-    return 0;
-  }
+  if (args.print_help_if_asked()) return 0;
   const std::string out = args.require("out");
   check_sample_output(out);
   std::string weights;

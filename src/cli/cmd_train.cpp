@@ -14,13 +14,9 @@ int run_train(int argc, char** argv) {
              {"resume", "auto (newest complete checkpoint of run.dir, else start fresh) or a "
                         "checkpoint directory"},
              {"allow-config-change", "let a resumed run change keys that change the maths "
-                                     "(e.g. train.lr); model.* never", false},
-             {"help", "show this help", false}},
+                                     "(e.g. train.lr); model.* never", false}},
             argc, argv, 2);
-  if (args.has("help")) {
-    std::printf("%s", args.usage().c_str());
-    return 0;
-  }
+  if (args.print_help_if_asked()) return 0;
   auto config = load_experiment_config(config_path_or_default(args.get("config")), args.overrides());
   TrainOptions options;
   options.resume = args.get_or("resume", "");

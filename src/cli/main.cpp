@@ -22,6 +22,7 @@ const char* kUsage =
     "  forward  one float32 forward pass on given weights and inputs (parity checks)\n"
     "  config   print the resolved config, or the reference of every key (--docs)\n"
     "  export   the weights of a checkpoint alone, in the official key layout\n"
+    "  convert  an official DiT .pt checkpoint (torch.save) to safetensors\n"
     "Run `dit <command> --help` for a command's options.\n";
 
 }  // namespace
@@ -42,6 +43,7 @@ int main(int argc, char** argv) {
     if (command == "forward") return cli::run_forward(argc, argv);
     if (command == "config") return cli::run_config(argc, argv);
     if (command == "export") return cli::run_export(argc, argv);
+    if (command == "convert") return cli::run_convert(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

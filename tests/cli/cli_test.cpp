@@ -78,6 +78,19 @@ TEST_CASE("dit train, then dit sample from the run directory or its weights", "[
   CHECK(at::equal(a.at("samples"), b.at("samples")));  // same weights, same seed
   CHECK_FALSE(at::equal(a.at("samples"), c.at("samples")));
   CHECK(a.at("samples").abs().max().item<float>() <= 1.0f);
+  // dit export: a checkpoint's weights alone, verified first.
+  REQUIRE(run_command(dit_binary() + " export --checkpoint " + run + "/checkpoints/step-00000004 --ema --out " +
+                          (dir / "exported.safetensors"),
+                      dir / "export.log") == 0);
+  auto exported = read_safetensors(dir / "exported.safetensors");
+  auto ema = read_safetensors(run + "/ema.safetensors");
+  CHECK(exported.metadata.at("step") == "4");
+  for (const auto& [name, t] : ema.tensors) CHECK(at::equal(t, exported.tensors.at(name)));
+  CHECK(run_command(dit_binary() + " export --checkpoint " + run + "/checkpoints/step-00000004 --out x.pt",
+                    dir / "export.log") == 2);
+  CHECK(run_command(dit_binary() + " export --checkpoint " + (dir / "nowhere") + " --out " + (dir / "y.safetensors"),
+                    dir / "export.log") == 1);
+  CHECK_THAT(read_file(dir / "export.log"), Catch::Contains("not found"));
   // Weights that do not fit the model named on the command line: the key is named.
   CHECK(run_command(dit_binary() + " forward --model DiT-S/2 --weights " + run +
                         "/ema.safetensors --inputs " + (dir / "a.safetensors") + " --output " +

@@ -128,3 +128,27 @@ TEST_CASE("non-finite steps are skipped, and too many in a row stop the run", "[
   REQUIRE(good.has_value());
   CHECK(good->step >= 1);
 }
+
+TEST_CASE("resume refuses unusable runs and sets newer checkpoints aside", "[resume]") {
+  namespace fs = std::filesystem;
+  TempDir dir("resume");
+  train(config_for(dir / "run", {"train.steps=6", "checkpoint.every=2"}));
+  // Resuming from step 2 starts a new branch: steps 4 and 6 are set aside, not picked up later.
+  TrainOptions from_two;
+  from_two.resume = dir / "run/checkpoints/step-00000002";
+  CHECK(train(config_for(dir / "run", {"train.steps=3"}), from_two).start_step == 2);
+  CHECK(fs::exists(dir / "run/checkpoints/step-00000004.stale"));
+  CHECK(load_latest_complete(dir / "run")->step == 3);
+  // Another run's checkpoint into a run directory that holds a run: refused.
+  train(config_for(dir / "other", {"train.steps=2"}));
+  from_two.resume = dir / "run/checkpoints/step-00000003";
+  CHECK_THROWS_WITH(train(config_for(dir / "other", {"train.steps=4"}), from_two),
+                    Catch::Contains("holds another run"));
+  // Every checkpoint corrupt: --resume auto refuses instead of starting over.
+  for (const auto& d : list_checkpoints(dir / "other")) fs::resize_file(d + "/model.safetensors", 10);
+  TrainOptions automatic;
+  automatic.resume = "auto";
+  CHECK_THROWS_WITH(train(config_for(dir / "other", {"train.steps=4"}), automatic),
+                    Catch::Contains("verifies"));
+  CHECK(fs::exists(dir / "other/metrics.jsonl"));  // nothing was removed
+}

@@ -104,6 +104,12 @@ bool Args::print_help_if_asked() const {
   return true;
 }
 
+void Args::reject_overrides() const {
+  if (overrides_.empty()) return;
+  throw UsageError("dit " + command_ + " takes no config overrides (got '" + overrides_.front() +
+                   "')\n" + usage());
+}
+
 std::string joined_command_line(int argc, char** argv) {
   std::string line;
   for (int i = 0; i < argc; ++i) {

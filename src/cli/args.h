@@ -29,6 +29,8 @@ class Args {
   std::string usage() const;
   // Prints the usage to stdout if --help was given (every command has it); returns whether.
   bool print_help_if_asked() const;
+  // For commands that are not configured by an experiment: a key=value argument is a UsageError.
+  void reject_overrides() const;
 
  private:
   std::string command_;

@@ -15,6 +15,7 @@ int run_convert(int argc, char** argv) {
              {"key", "for training checkpoints: which state dict (default: ema, else model)"}},
             argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
+  args.reject_overrides();
   const std::string from = args.require("from"), out = args.require("out");
   auto tensors = read_torch_state_dict(from, args.get_or("key", ""));
   write_safetensors(out, tensors, {{"format", "pt"}, {"converted_from", from}});

@@ -17,7 +17,7 @@ int run_export(int argc, char** argv) {
   if (args.print_help_if_asked()) return 0;
   const std::string dir = args.require("checkpoint");
   const std::string out = args.require("out");
-  if (!args.overrides().empty()) throw UsageError("dit export takes no config overrides\n" + args.usage());
+  args.reject_overrides();
   if (out.size() < 12 || out.compare(out.size() - 12, 12, ".safetensors") != 0) {
     throw UsageError("dit export: --out must name a .safetensors file, got '" + out + "'");
   }

@@ -31,10 +31,7 @@ int run_forward(int argc, char** argv) {
              {"cfg-channels", "guided channels for --cfg-scale (0 = all noise channels)"}},
             argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
-  if (!args.overrides().empty()) {
-    throw UsageError("dit forward takes no config overrides (got '" + args.overrides().front() +
-                     "'); the model is described by the options\n" + args.usage());
-  }
+  args.reject_overrides();  // the model is described by the options
   ModelConfig mc;
   mc.name = args.require("model");
   mc.input_size = args.get_int("input-size", 32);

@@ -1,0 +1,63 @@
+#include "trainers/log_window.h"
+
+#include <ATen/ATen.h>
+
+namespace ditlab {
+
+LogWindow::LogWindow()
+    : loss_sum_(at::zeros({}, at::kDouble)),
+      mse_sum_(at::zeros({}, at::kDouble)),
+      vb_sum_(at::zeros({}, at::kDouble)),
+      grad_norm_sum_(at::zeros({}, at::kDouble)),
+      start_(std::chrono::steady_clock::now()) {}
+
+void LogWindow::add(const at::Tensor& loss_sum, const at::Tensor& mse_sum, const at::Tensor& vb_sum,
+                    const at::Tensor& grad_norm, int64_t images) {
+  auto accumulate = [](at::Tensor& total, const at::Tensor& value) {
+    total = total.to(value.device()) + value.to(at::kDouble);
+  };
+  accumulate(loss_sum_, loss_sum);
+  accumulate(mse_sum_, mse_sum);
+  accumulate(vb_sum_, vb_sum);
+  accumulate(grad_norm_sum_, grad_norm);
+  steps_ += 1;
+  images_ += images;
+}
+
+std::vector<std::pair<std::string, double>> LogWindow::record(int64_t step, int64_t epoch,
+                                                              double lr) const {
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double images = static_cast<double>(images_), steps = static_cast<double>(steps_);
+  return {{"step", static_cast<double>(step)},
+          {"epoch", static_cast<double>(epoch)},
+          {"loss", loss_sum_.item<double>() / images},
+          {"mse", mse_sum_.item<double>() / images},
+          {"vb", vb_sum_.item<double>() / images},
+          {"grad_norm", grad_norm_sum_.item<double>() / steps},
+          {"lr", lr},
+          {"steps_per_sec", steps / seconds},
+          {"images_per_sec", images / seconds}};
+}
+
+std::map<std::string, at::Tensor> LogWindow::to_tensors() const {
+  auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU); };
+  return {{"window.loss_sum", cpu(loss_sum_)},
+          {"window.mse_sum", cpu(mse_sum_)},
+          {"window.vb_sum", cpu(vb_sum_)},
+          {"window.grad_norm_sum", cpu(grad_norm_sum_)},
+          {"window.steps", at::tensor(steps_, at::kLong)},
+          {"window.images", at::tensor(images_, at::kLong)}};
+}
+
+void LogWindow::from_tensors(const std::map<std::string, at::Tensor>& t) {
+  loss_sum_ = t.at("window.loss_sum");
+  mse_sum_ = t.at("window.mse_sum");
+  vb_sum_ = t.at("window.vb_sum");
+  grad_norm_sum_ = t.at("window.grad_norm_sum");
+  steps_ = t.at("window.steps").item<int64_t>();
+  images_ = t.at("window.images").item<int64_t>();
+  start_ = std::chrono::steady_clock::now();
+}
+
+}  // namespace ditlab

@@ -5,8 +5,19 @@
 namespace ditlab {
 
 PrefetchLoader::PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler,
-                               int64_t depth)
-    : dataset_(std::move(dataset)), sampler_(std::move(sampler)), depth_(depth) {}
+                               int64_t depth, int rank, int world_size)
+    : dataset_(std::move(dataset)),
+      sampler_(std::move(sampler)),
+      depth_(depth),
+      rank_(rank),
+      world_size_(world_size) {}
+
+std::vector<int64_t> PrefetchLoader::shard(int64_t step) {
+  auto indices = sampler_.global_batch(step);
+  const size_t per_rank = indices.size() / static_cast<size_t>(world_size_);
+  auto first = indices.begin() + static_cast<std::ptrdiff_t>(per_rank * rank_);
+  return {first, first + static_cast<std::ptrdiff_t>(per_rank)};
+}
 
 PrefetchLoader::~PrefetchLoader() {
   for (auto& [step, future] : pending_) {
@@ -16,7 +27,7 @@ PrefetchLoader::~PrefetchLoader() {
 
 void PrefetchLoader::schedule_until(int64_t last) {
   for (int64_t s = next_scheduled_; s <= last; ++s) {
-    auto indices = sampler_.global_batch(s);  // sampler used on this thread only
+    auto indices = shard(s);  // sampler used on this thread only
     auto dataset = dataset_;
     pending_.emplace_back(s, std::async(std::launch::async, [dataset, indices] {
                             return dataset->get_batch(indices);
@@ -26,7 +37,7 @@ void PrefetchLoader::schedule_until(int64_t last) {
 }
 
 Batch PrefetchLoader::batch_for_step(int64_t step) {
-  if (depth_ == 0) return dataset_->get_batch(sampler_.global_batch(step));
+  if (depth_ == 0) return dataset_->get_batch(shard(step));
   // A jump (first call, or resume) drops what was prepared for other steps.
   if (pending_.empty() || pending_.front().first != step) {
     for (auto& [s, future] : pending_) future.wait();

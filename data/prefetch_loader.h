@@ -14,20 +14,25 @@ namespace ditlab {
 
 class PrefetchLoader {
  public:
-  PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler, int64_t depth);
+  // With several ranks, each loads only its shard of every global batch: the `rank`-th of
+  // `world_size` equal consecutive slices.
+  PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler, int64_t depth,
+                 int rank = 0, int world_size = 1);
   ~PrefetchLoader();
 
-  // The global batch of `step`. Steps must be requested in increasing order.
+  // This rank's shard of the global batch of `step`. Steps must be requested in increasing order.
   Batch batch_for_step(int64_t step);
 
   const EpochSampler& sampler() const { return sampler_; }
 
  private:
   void schedule_until(int64_t step);
+  std::vector<int64_t> shard(int64_t step);
 
   std::shared_ptr<Dataset> dataset_;
   EpochSampler sampler_;
   int64_t depth_;
+  int rank_, world_size_;
   int64_t next_scheduled_ = -1;
   std::deque<std::pair<int64_t, std::future<Batch>>> pending_;
 };

@@ -10,7 +10,8 @@ bool free_on_resume(const std::string& key) {
   static const std::vector<std::string> kFree = {
       "train.steps",      "train.log_every", "train.threads",     "train.device",
       "train.max_bad_steps", "data.prefetch", "checkpoint.every", "checkpoint.keep",
-      "checkpoint.keep_every", "run.dir"};
+      "checkpoint.keep_every", "run.dir", "train.dist_backend", "train.dist_timeout_s",
+      "train.grad_bucket_mb"};
   for (const auto& k : kFree) {
     if (key == k) return true;
   }

@@ -6,6 +6,7 @@
 #include <torch/optim/adamw.h>
 
 #include <chrono>
+#include <csignal>
 
 #include "data/prefetch_loader.h"
 #include "models/registry.h"
@@ -16,6 +17,8 @@
 #include "src/config/config_loader.h"
 #include "src/diffusion/gaussian_diffusion.h"
 #include "src/diffusion/noise_schedule.h"
+#include "src/distributed/communicator.h"
+#include "src/distributed/grad_reducer.h"
 #include "src/io/module_weights.h"
 #include "trainers/checkpoint.h"
 #include "trainers/ema.h"
@@ -40,7 +43,8 @@ struct StepLosses {
 // Everything one training run holds; run() is the loop.
 class Trainer {
  public:
-  Trainer(const ExperimentConfig& config, std::shared_ptr<Dataset> dataset, c10::Device device)
+  Trainer(const ExperimentConfig& config, std::shared_ptr<Dataset> dataset, c10::Device device,
+          Communicator& communicator)
       : config_(config),
         tc_(config_.train),
         device_(device),
@@ -57,10 +61,14 @@ class Trainer {
                    config_.model.learn_sigma),
         loader_(dataset_, EpochSampler(dataset_->size(), tc_.global_batch_size,
                                        static_cast<uint64_t>(tc_.seed)),
-                config_.data.prefetch),
-        metrics_(config_.run.dir + "/metrics.jsonl") {
+                config_.data.prefetch, communicator.rank(), communicator.world_size()),
+        communicator_(communicator),
+        reducer_(trainable_tensors(), communicator, tc_.grad_bucket_mb << 20) {
     model_->to(device_);
     ema_.shadow().to(device_);
+    // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
+    communicator_.broadcast(model_->parameters());
+    if (communicator_.is_main()) metrics_ = std::make_unique<JsonlSink>(config_.run.dir + "/metrics.jsonl");
     int64_t num_params = 0;
     for (auto& p : model_->parameters()) num_params += p.numel();
     spdlog::info("model {} ({:.2f}M parameters), data {} ({} images, {} steps/epoch), device {}{}",
@@ -74,6 +82,7 @@ class Trainer {
     load_state_dict(*model_, c.model, source + " (model)");
     load_state_dict(ema_.shadow(), c.ema, source + " (ema)");
     load_adamw_state(optimizer_, trainable(), c.optimizer, source + " (optimizer)");
+    // The checkpoint is read by every rank from the same file; nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
     window_.from_tensors(c.trainer_state);
@@ -86,7 +95,7 @@ class Trainer {
     summary.run_dir = config_.run.dir;
     summary.start_step = summary.steps = start_step_;
     StopSignals signals;
-    ProgressBar bar(tc_.steps, "train", start_step_);
+    ProgressBar bar(tc_.steps, "train", start_step_, communicator_.is_main());
     const auto start = std::chrono::steady_clock::now();
     model_->train();
     for (int64_t step = start_step_; step < tc_.steps; ++step) {
@@ -101,12 +110,13 @@ class Trainer {
       // A run ending inside a logging window logs it after the checkpoint, which keeps the window
       // open: a resumed run then logs exactly what one long run would have.
       if (last && !log_boundary) log(done, bar, summary);
-      if (int sig = StopSignals::requested(); sig != 0 && !last) {
+      if (stop_requested_ && !last) {
         if (!periodic) save(done);
         bar.finish();
+        const int sig = StopSignals::requested();
         spdlog::warn("stopped by signal {} after step {}; to continue, run the same command with "
                      "--resume auto run.dir={}", sig, done, config_.run.dir);
-        summary.stopped_by_signal = sig;
+        summary.stopped_by_signal = sig != 0 ? sig : SIGTERM;  // another rank's signal
         return summary;
       }
       bar.update(done, "loss " + std::to_string(summary.last_loss).substr(0, 6));
@@ -132,17 +142,20 @@ class Trainer {
     return out;
   }
 
-  // Forward and backward over every micro-batch of the global batch of `step`. Each sample's
-  // timestep, noise, label drop and flip come from its own (seed, step, index) generator.
+  // Forward and backward over every micro-batch of this rank's shard of the global batch of
+  // `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
+  // come from its own (seed, step, global index) generator, so the split does not matter.
   StepLosses forward_backward(int64_t step, const Batch& batch) {
     optimizer_.zero_grad();
-    const int64_t micro_batch = tc_.global_batch_size / tc_.grad_accum_steps;
+    const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
+    const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
     const std::vector<int64_t> image_shape = {dataset_->channels(), dataset_->image_size(),
                                               dataset_->image_size()};
     StepLosses sums{at::zeros({}, device_), at::zeros({}, device_), at::zeros({}, device_)};
     for (int64_t micro = 0; micro < tc_.grad_accum_steps; ++micro) {
-      const int64_t first = micro * micro_batch;
-      auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, first, micro_batch,
+      const int64_t first = micro * micro_batch;  // within this rank's shard
+      const int64_t global_first = communicator_.rank() * per_rank + first;
+      auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, global_first, micro_batch,
                                     config_.diffusion.steps, image_shape,
                                     config_.model.class_dropout_prob, config_.data.random_flip);
       auto x0 = batch.images.narrow(0, first, micro_batch);
@@ -169,6 +182,15 @@ class Trainer {
       sums.mse = sums.mse + losses.mse.detach().sum();
       sums.vb = sums.vb + losses.vb.detach().sum();
     }
+    reducer_.reduce();
+    // One small all-reduce carries the loss sums and whether any rank was asked to stop, so
+    // every rank takes the same decisions (skip a step, stop) from the same numbers.
+    at::Tensor shared = at::stack({sums.loss, sums.mse, sums.vb,
+                                   at::full({}, StopSignals::requested() != 0 ? 1.0 : 0.0,
+                                            sums.loss.options())});
+    communicator_.all_reduce_sum(shared);
+    sums = {shared[0], shared[1], shared[2]};
+    stop_requested_ = shared[3].item<double>() > 0;
     return sums;
   }
 
@@ -196,17 +218,20 @@ class Trainer {
   void log(int64_t done, ProgressBar& bar, TrainSummary& summary) {
     if (window_.empty()) return;
     auto record = window_.record(done, loader_.sampler().epoch_of(done - 1), tc_.lr);
-    metrics_.write(record);
+    window_ = LogWindow();
+    if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
+    metrics_->write(record);
     const double loss = record[2].second;
     if (summary.first_loss == 0.0) summary.first_loss = loss;
     summary.last_loss = loss;
     bar.clear();
     spdlog::info("step {}/{}  loss {:.4f}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s", done,
                  tc_.steps, loss, record[5].second, record[7].second, record[8].second);
-    window_ = LogWindow();
   }
 
+  // Rank 0 writes the checkpoint; the other ranks hold the same state.
   void save(int64_t step) {
+    if (!communicator_.is_main()) return;
     Checkpoint c;
     c.step = step;
     c.model = state_dict(*model_);
@@ -228,6 +253,7 @@ class Trainer {
 
   // The final weights (also in the last checkpoint) for `dit sample`, and the sample grid.
   void finish() {
+    if (!communicator_.is_main()) return;
     const std::map<std::string, std::string> metadata = {
         {"format", "ditlab"}, {"config", to_yaml(config_)}, {"step", std::to_string(tc_.steps)}};
     save_weights(*model_, config_.run.dir + "/model.safetensors", metadata);
@@ -256,8 +282,11 @@ class Trainer {
   torch::optim::AdamW optimizer_;
   GaussianDiffusion diffusion_;
   PrefetchLoader loader_;
-  JsonlSink metrics_;
+  Communicator& communicator_;
+  GradReducer reducer_;
+  std::unique_ptr<JsonlSink> metrics_;  // rank 0 only
   LogWindow window_;
+  bool stop_requested_ = false;
   int64_t start_step_ = 0;
   int64_t bad_steps_ = 0;
 };
@@ -270,9 +299,13 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   config.run.dir = expand_run_dir(config.run.dir);
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   const c10::Device device = select_device(config.train.device);
-  if (config.train.global_batch_size % config.train.grad_accum_steps != 0) {
+  Communicator communicator(detect_dist_env(), config.train.dist_backend,
+                            std::chrono::seconds(config.train.dist_timeout_s));
+  const int64_t ranks_times_accum = communicator.world_size() * config.train.grad_accum_steps;
+  if (config.train.global_batch_size % ranks_times_accum != 0) {
     throw ConfigError("train.global_batch_size " + std::to_string(config.train.global_batch_size) +
-                      " is not divisible by train.grad_accum_steps " +
+                      " is not divisible by " + std::to_string(communicator.world_size()) +
+                      " ranks x train.grad_accum_steps " +
                       std::to_string(config.train.grad_accum_steps));
   }
   auto dataset = make_dataset(config.data);
@@ -280,11 +313,21 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   if (config.sample.at_end) check_sample_config(config.model, config.diffusion, config.sample);
 
   std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
-  prepare_run_directory(config, options, resume_from);
-  log::add_file_sink(config.run.dir + "/train.log");
-  write_run_metadata(config.run.dir, config, options.command_line, device);
+  if (communicator.is_main()) {
+    prepare_run_directory(config, options, resume_from);
+    log::add_file_sink(config.run.dir + "/train.log");
+    write_run_metadata(config.run.dir, config, options.command_line, device);
+    if (communicator.world_size() > 1) {
+      spdlog::info("{} ranks ({}), rendezvous at {}:{}", communicator.world_size(),
+                   communicator.env().launcher, communicator.env().master_addr,
+                   communicator.env().master_port);
+    }
+  } else {
+    spdlog::set_level(spdlog::level::warn);  // rank 0 reports; the others only warn and fail
+  }
+  communicator.barrier();  // the run directory is ready before any rank goes on
 
-  Trainer trainer(config, dataset, device);
+  Trainer trainer(config, dataset, device, communicator);
   if (resume_from) trainer.restore(*resume_from);
   resume_from.reset();  // free the host copy of the checkpoint
   return trainer.run();

@@ -19,8 +19,11 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
-ProgressBar::ProgressBar(int64_t total, std::string label, int64_t start)
-    : total_(total), start_(start), label_(std::move(label)), active_(log::stderr_is_terminal()) {
+ProgressBar::ProgressBar(int64_t total, std::string label, int64_t start, bool enabled)
+    : total_(total),
+      start_(start),
+      label_(std::move(label)),
+      active_(enabled && log::stderr_is_terminal()) {
   begin_ = last_draw_ = std::chrono::steady_clock::now();
 }
 

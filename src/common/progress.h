@@ -10,7 +10,8 @@ namespace ditlab {
 
 class ProgressBar {
  public:
-  ProgressBar(int64_t total, std::string label, int64_t start = 0);
+  // A disabled bar draws nothing (e.g. on every rank but rank 0).
+  ProgressBar(int64_t total, std::string label, int64_t start = 0, bool enabled = true);
   ~ProgressBar();
   void update(int64_t done, const std::string& postfix = "");
   // Erases the bar before a log line is printed; the next update() draws it again.

@@ -57,6 +57,9 @@ struct TrainConfig {
   int64_t threads = 0;  // 0: LibTorch's default
   int64_t log_every = 50;
   int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops
+  std::string dist_backend = "auto";  // auto: gloo on CPU (nccl on CUDA: not yet)
+  int64_t dist_timeout_s = 300;       // a collective waiting longer fails, naming the rank
+  int64_t grad_bucket_mb = 25;        // gradient all-reduce bucket size
 };
 
 struct CheckpointConfig {

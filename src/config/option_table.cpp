@@ -175,6 +175,11 @@ std::vector<OptionSpec> build_table() {
       string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
+      string_option(FIELD(train.dist_backend), {"auto", "gloo"},
+                    "Collective backend for several ranks; auto = gloo on CPU"),
+      int_option(FIELD(train.dist_timeout_s), 1, kNoMax,
+                 "Seconds a collective may wait for the other ranks before the run fails"),
+      int_option(FIELD(train.grad_bucket_mb), 1, 4096, "Gradient all-reduce bucket size in MB"),
       int_option(FIELD(train.max_bad_steps), 1, kNoMax,
                  "Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops"),
 

@@ -1,0 +1,102 @@
+// Several `dit train` ranks on this machine over Gloo (the torchrun environment set by hand, or
+// by scripts/launch.sh): equivalence with one rank, and a dying rank failing the others.
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "src/io/atomic_file.h"
+#include "src/io/safetensors.h"
+#include "tests/test_support.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+using ditlab::testing::run_command;
+namespace fs = std::filesystem;
+
+namespace {
+std::string train_command(const std::string& args) {
+  return ditlab::testing::dit_binary() + " train --config " + ditlab::testing::source_dir() +
+         "/configs/debug/dit.yaml sample.at_end=false " + args;
+}
+
+// One rank with the torchrun variables set; returns its pid.
+pid_t start_rank(int rank, int world, int port, const std::string& args, const std::string& log) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    setenv("RANK", std::to_string(rank).c_str(), 1);
+    setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+    setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+    setenv("LOCAL_WORLD_SIZE", std::to_string(world).c_str(), 1);
+    setenv("MASTER_ADDR", "127.0.0.1", 1);
+    setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+    std::string command = "exec " + train_command(args) + " > '" + log + "' 2>&1";
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_for(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+}  // namespace
+
+TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole batch",
+          "[distributed]") {
+  TempDir dir("ddp");
+  const std::string common = "train.steps=6 train.log_every=3 ";
+  REQUIRE(run_command(train_command(common + "run.dir=" + (dir / "one")), dir / "one.log") == 0);
+  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29631 -- " +
+                          train_command(common + "run.dir=" + (dir / "two")),
+                      dir / "two.log") == 0);
+  CHECK_THAT(read_file(dir / "two.log"), Catch::Contains("2 ranks (torchrun)"));
+  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
+  auto two = read_safetensors(dir / "two/model.safetensors").tensors;
+  double max_diff = 0;
+  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  INFO("max |1 rank - 2 ranks| = " << max_diff);
+  CHECK(max_diff < 1e-4);  // only the order of floating-point sums differs
+  // Only rank 0 wrote the run directory.
+  CHECK(fs::exists(dir / "two/metrics.jsonl"));
+  CHECK(fs::exists(dir / "two/checkpoints/step-00000006/manifest.json"));
+  // The global batch must split evenly over the ranks.
+  CHECK(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 3 --master-port 29632 -- " +
+                        train_command("run.dir=" + (dir / "three")),
+                    dir / "three.log") != 0);
+  CHECK_THAT(read_file(dir / "three.log"), Catch::Contains("not divisible by 3 ranks"));
+}
+
+TEST_CASE("a rank that dies makes the others fail with an error, not hang", "[distributed]") {
+  TempDir dir("ddp");
+  const std::string args = "train.steps=100000 train.dist_timeout_s=20 run.dir=" + (dir / "run");
+  pid_t rank0 = start_rank(0, 2, 29641, args, dir / "rank0.log");
+  pid_t rank1 = start_rank(1, 2, 29641, args, dir / "rank1.log");
+  // Let them train a little, then kill rank 1 without warning.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  auto trained = [&] {
+    return fs::exists(dir / "run/metrics.jsonl") && fs::file_size(dir / "run/metrics.jsonl") > 0;
+  };
+  while (!trained() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  REQUIRE(trained());
+  kill(rank1, SIGKILL);
+  wait_for(rank1);
+  const auto killed_at = std::chrono::steady_clock::now();
+  const int code = wait_for(rank0);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
+  CHECK(code == 1);
+  CHECK(seconds < 30);  // within the timeout (20 s) and some slack
+  auto log = read_file(dir / "rank0.log");
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("rank 0") && Catch::Contains("failed"));
+}

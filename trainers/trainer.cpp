@@ -244,7 +244,7 @@ class Trainer {
                           {"epoch", std::to_string(sampler.epoch_of(step))},
                           {"position_in_epoch", std::to_string(step % sampler.steps_per_epoch())},
                           {"seed", std::to_string(tc_.seed)},
-                          {"world_size", "1"},
+                          {"world_size", std::to_string(communicator_.world_size())},
                           {"libtorch_version", compat::torch_version()}};
     c.config_yaml = to_yaml(config_);
     spdlog::info("checkpoint {}", save_checkpoint(config_.run.dir, c, config_.checkpoint.keep,

@@ -1,5 +1,7 @@
 // Paths and helpers shared by the tests.
 #pragma once
+#include <sys/wait.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -32,6 +34,13 @@ class TempDir {
 inline int run_command(const std::string& command, const std::string& log) {
   int status = std::system((command + " > '" + log + "' 2>&1").c_str());
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Waits for a child process; its exit code, or -signal if a signal ended it.
+inline int wait_for(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
 }
 
 }  // namespace ditlab::testing

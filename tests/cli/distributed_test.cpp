@@ -17,6 +17,7 @@
 
 using namespace ditlab;
 using ditlab::testing::TempDir;
+using ditlab::testing::wait_for;
 using ditlab::testing::run_command;
 namespace fs = std::filesystem;
 
@@ -43,11 +44,6 @@ pid_t start_rank(int rank, int world, int port, const std::string& args, const s
   return pid;
 }
 
-int wait_for(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
 }  // namespace
 
 TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole batch",

@@ -20,6 +20,7 @@
 
 using namespace ditlab;
 using ditlab::testing::TempDir;
+using ditlab::testing::wait_for;
 namespace fs = std::filesystem;
 
 namespace {
@@ -45,12 +46,6 @@ pid_t start_training(const std::vector<std::string>& args, const std::string& lo
   return pid;
 }
 
-// Waits for the process; returns its exit code, or -signal if a signal ended it.
-int wait_for(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
 
 bool wait_until(const std::function<bool()>& condition, double seconds) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);

@@ -53,14 +53,31 @@ void fsync_dir(const std::string& dir) {
   if (rc != 0) throw IoError("cannot sync folder '" + dir + "' (disk full or failing?)");
 }
 
+// Deleting a folder file by file is not atomic: a kill in the middle would leave a folder with
+// its manifest but not all its files. So it is first renamed out of the listing (atomic), then
+// removed; leftovers of interrupted deletions are removed on the next call.
+void remove_checkpoint_dir(const std::string& dir) {
+  std::error_code ec;
+  const std::string doomed = dir + ".deleting";
+  fs::remove_all(doomed, ec);
+  fs::rename(dir, doomed, ec);
+  fs::remove_all(ec ? dir : doomed, ec);
+}
+
 void prune(const std::string& run_dir, int64_t keep, int64_t keep_every) {
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > 9 && name.compare(name.size() - 9, 9, ".deleting") == 0) {
+      fs::remove_all(entry.path(), ec);
+    }
+  }
   if (keep <= 0) return;
   auto complete = list_checkpoints(run_dir);  // newest first
   for (size_t i = static_cast<size_t>(keep); i < complete.size(); ++i) {
     int64_t step = step_of(fs::path(complete[i]).filename().string());
     if (keep_every > 0 && step % keep_every == 0) continue;
-    std::error_code ec;
-    fs::remove_all(complete[i], ec);
+    remove_checkpoint_dir(complete[i]);
   }
 }
 
@@ -98,8 +115,7 @@ std::string save_checkpoint(const std::string& run_dir, const Checkpoint& c, int
 
   // Replacing a checkpoint of the same step (a resumed run passing it again) is the only case
   // where a complete directory is removed before its successor is in place.
-  std::error_code ec;
-  fs::remove_all(final_dir, ec);
+  if (fs::exists(final_dir)) remove_checkpoint_dir(final_dir);
   if (::rename(tmp_dir.c_str(), final_dir.c_str()) != 0) {
     throw IoError("cannot rename '" + tmp_dir + "' to '" + final_dir + "'");
   }

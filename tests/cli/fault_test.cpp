@@ -58,7 +58,7 @@ bool wait_until(const std::function<bool()>& condition, double seconds) {
 
 }  // namespace
 
-TEST_CASE("SIGTERM, SIGINT and SIGUSR1 checkpoint and exit 0; the run resumes", "[faults]") {
+TEST_CASE("SIGTERM, SIGINT and SIGUSR1 checkpoint and exit 0, and the run resumes", "[faults]") {
   for (int sig : {SIGTERM, SIGINT, SIGUSR1}) {
     INFO("signal " << sig);
     TempDir dir("signal");

@@ -135,7 +135,7 @@ TEST_CASE("respacing keeps 0 and T-1 and preserves abar at the kept steps", "[di
   CHECK(at::equal(spaced.model_timesteps(steps({0, 1, 249})), steps({0, 4, 999})));
 }
 
-TEST_CASE("training losses: a perfect noise predictor has zero MSE; vb uses the NLL at t = 0",
+TEST_CASE("training losses: a perfect noise predictor has zero MSE, and vb uses the NLL at t = 0",
           "[diffusion]") {
   auto d = linear_diffusion(/*learn_sigma=*/true);
   at::manual_seed(2);

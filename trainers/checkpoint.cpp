@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "src/common/error.h"
+#include "src/common/text.h"
 #include "src/io/atomic_file.h"
+#include "src/io/module_weights.h"
 #include "src/io/safetensors.h"
 
 namespace ditlab {
@@ -68,7 +70,7 @@ void prune(const std::string& run_dir, int64_t keep, int64_t keep_every) {
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(fs::path(run_dir) / "checkpoints", ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.size() > 9 && name.compare(name.size() - 9, 9, ".deleting") == 0) {
+    if (ends_with(name, ".deleting")) {
       fs::remove_all(entry.path(), ec);
     }
   }
@@ -95,8 +97,7 @@ std::string save_checkpoint(const std::string& run_dir, const Checkpoint& c, int
   } catch (const fs::filesystem_error& e) {
     throw IoError("cannot create checkpoint folder '" + tmp_dir + "': " + e.what());
   }
-  std::map<std::string, std::string> weight_meta = {
-      {"format", "ditlab"}, {"config", c.config_yaml}, {"step", std::to_string(c.step)}};
+  const auto weight_meta = weights_metadata(c.config_yaml, c.step);
   write_safetensors(tmp_dir + "/model.safetensors", c.model, weight_meta);
   write_safetensors(tmp_dir + "/ema.safetensors", c.ema, weight_meta);
   write_safetensors(tmp_dir + "/optimizer.safetensors", c.optimizer);

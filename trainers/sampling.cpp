@@ -6,6 +6,7 @@
 
 #include "src/common/error.h"
 #include "src/common/progress.h"
+#include "src/common/text.h"
 #include "src/diffusion/noise_schedule.h"
 #include "src/diffusion/samplers.h"
 #include "src/io/image_grid.h"
@@ -30,12 +31,6 @@ void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffus
                       " noise channels (0 guides all of them)");
   }
 }
-
-namespace {
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-}  // namespace
 
 void check_sample_output(const std::string& path) {
   if (ends_with(path, ".safetensors")) return;

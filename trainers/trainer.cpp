@@ -52,7 +52,9 @@ class Trainer {
         dataset_(std::move(dataset)),
         model_((torch::manual_seed(static_cast<uint64_t>(tc_.seed)), build_backbone(config_.model))),
         ema_(*model_, build_backbone(config_.model)),
-        optimizer_(trainable_tensors(), torch::optim::AdamWOptions(tc_.lr)
+        trainable_(trainable_parameters(*model_)),
+        trainable_tensors_(tensors_of(trainable_)),
+        optimizer_(trainable_tensors_, torch::optim::AdamWOptions(tc_.lr)
                                             .betas({tc_.adam_beta1, tc_.adam_beta2})
                                             .eps(tc_.adam_eps)
                                             .weight_decay(tc_.weight_decay)),
@@ -63,7 +65,7 @@ class Trainer {
                                        static_cast<uint64_t>(tc_.seed)),
                 config_.data.prefetch, communicator.rank(), communicator.world_size()),
         communicator_(communicator),
-        reducer_(trainable_tensors(), communicator, tc_.grad_bucket_mb << 20) {
+        reducer_(trainable_tensors_, communicator, tc_.grad_bucket_mb << 20) {
     model_->to(device_);
     ema_.shadow().to(device_);
     // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
@@ -81,7 +83,7 @@ class Trainer {
     const std::string source = "checkpoint of step " + std::to_string(c.step);
     load_state_dict(*model_, c.model, source + " (model)");
     load_state_dict(ema_.shadow(), c.ema, source + " (ema)");
-    load_adamw_state(optimizer_, trainable(), c.optimizer, source + " (optimizer)");
+    load_adamw_state(optimizer_, trainable_, c.optimizer, source + " (optimizer)");
     // The checkpoint is read by every rank from the same file; nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
@@ -129,16 +131,16 @@ class Trainer {
   }
 
  private:
-  NamedParameters trainable() const {
+  static NamedParameters trainable_parameters(Backbone& model) {
     NamedParameters out;
-    for (auto& p : model_->named_parameters()) {
+    for (auto& p : model.named_parameters()) {
       if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
     }
     return out;
   }
-  std::vector<at::Tensor> trainable_tensors() const {
+  static std::vector<at::Tensor> tensors_of(const NamedParameters& named) {
     std::vector<at::Tensor> out;
-    for (auto& [name, p] : trainable()) out.push_back(p);
+    for (const auto& [name, p] : named) out.push_back(p);
     return out;
   }
 
@@ -197,7 +199,7 @@ class Trainer {
   // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite (one
   // host sync per step); too many such steps in a row stop the run.
   void update(int64_t step, const StepLosses& losses) {
-    auto grad_norm = clip_grad_norm(trainable_tensors(), tc_.grad_clip);
+    auto grad_norm = clip_grad_norm(trainable_tensors_, tc_.grad_clip);
     if (!(at::isfinite(losses.loss) & at::isfinite(grad_norm)).item<bool>()) {
       optimizer_.zero_grad();
       spdlog::warn("step {}: non-finite loss or gradient; update skipped ({} in a row)", step + 1,
@@ -236,7 +238,7 @@ class Trainer {
     c.step = step;
     c.model = state_dict(*model_);
     c.ema = state_dict(ema_.shadow());
-    c.optimizer = adamw_state_tensors(optimizer_, trainable());
+    c.optimizer = adamw_state_tensors(optimizer_, trainable_);
     c.trainer_state = window_.to_tensors();
     c.trainer_state["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
     const auto& sampler = loader_.sampler();
@@ -254,8 +256,7 @@ class Trainer {
   // The final weights (also in the last checkpoint) for `dit sample`, and the sample grid.
   void finish() {
     if (!communicator_.is_main()) return;
-    const std::map<std::string, std::string> metadata = {
-        {"format", "ditlab"}, {"config", to_yaml(config_)}, {"step", std::to_string(tc_.steps)}};
+    const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
     save_weights(*model_, config_.run.dir + "/model.safetensors", metadata);
     save_weights(ema_.shadow(), config_.run.dir + "/ema.safetensors", metadata);
     spdlog::info("saved model.safetensors and ema.safetensors");
@@ -279,6 +280,8 @@ class Trainer {
   std::shared_ptr<Dataset> dataset_;
   std::shared_ptr<Backbone> model_;
   Ema ema_;
+  const NamedParameters trainable_;  // listed once: the step uses them every time
+  const std::vector<at::Tensor> trainable_tensors_;
   torch::optim::AdamW optimizer_;
   GaussianDiffusion diffusion_;
   PrefetchLoader loader_;

@@ -3,6 +3,8 @@
 #include "src/cli/commands.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
+#include "src/common/text.h"
+#include "src/io/module_weights.h"
 #include "src/io/safetensors.h"
 #include "trainers/checkpoint.h"
 
@@ -18,15 +20,13 @@ int run_export(int argc, char** argv) {
   const std::string dir = args.require("checkpoint");
   const std::string out = args.require("out");
   args.reject_overrides();
-  if (out.size() < 12 || out.compare(out.size() - 12, 12, ".safetensors") != 0) {
+  if (!ends_with(out, ".safetensors")) {
     throw UsageError("dit export: --out must name a .safetensors file, got '" + out + "'");
   }
   Checkpoint checkpoint = load_checkpoint(dir);  // verifies checksums before anything is written
   const bool ema = args.has("ema");
   write_safetensors(out, ema ? checkpoint.ema : checkpoint.model,
-                    {{"format", "ditlab"},
-                     {"config", checkpoint.config_yaml},
-                     {"step", std::to_string(checkpoint.step)}});
+                    weights_metadata(checkpoint.config_yaml, checkpoint.step));
   spdlog::info("wrote {} ({} weights of step {})", out, ema ? "EMA" : "trained", checkpoint.step);
   return 0;
 }

@@ -46,6 +46,10 @@ void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::
   for (auto& [name, tensor] : own) tensor.copy_(weights.at(name));
 }
 
+std::map<std::string, std::string> weights_metadata(const std::string& config_yaml, int64_t step) {
+  return {{"format", "ditlab"}, {"config", config_yaml}, {"step", std::to_string(step)}};
+}
+
 void save_weights(const torch::nn::Module& module, const std::string& path,
                   const std::map<std::string, std::string>& metadata) {
   write_safetensors(path, state_dict(module), metadata);

@@ -19,6 +19,10 @@ std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module);
 void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& weights,
                      const std::string& source);
 
+// The __metadata__ of every weights file ditlab writes: format, the resolved config (so that
+// `dit sample --weights` can rebuild the model) and the step.
+std::map<std::string, std::string> weights_metadata(const std::string& config_yaml, int64_t step);
+
 void save_weights(const torch::nn::Module& module, const std::string& path,
                   const std::map<std::string, std::string>& metadata = {});
 

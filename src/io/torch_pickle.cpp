@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "src/common/error.h"
+#include "src/common/text.h"
 #include "src/io/atomic_file.h"
 
 namespace ditlab {
@@ -57,7 +58,7 @@ class ZipArchive {
   // The one entry whose name ends with `suffix` (torch.save prefixes every name with a folder).
   std::string find_suffix(const std::string& suffix) const {
     for (const auto& [name, e] : entries_) {
-      if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      if (ends_with(name, suffix)) {
         return name;
       }
     }

@@ -51,7 +51,7 @@ class Trainer {
         bf16_(tc_.precision == "bf16" || (tc_.precision == "auto" && compat::bf16_supported(device))),
         dataset_(std::move(dataset)),
         model_((torch::manual_seed(static_cast<uint64_t>(tc_.seed)), build_backbone(config_.model))),
-        ema_(*model_, build_backbone(config_.model)),
+        ema_(communicator.is_main() ? make_ema(*model_, config_.model) : nullptr),
         trainable_(trainable_parameters(*model_)),
         trainable_tensors_(tensors_of(trainable_)),
         optimizer_(trainable_tensors_, torch::optim::AdamWOptions(tc_.lr)
@@ -65,9 +65,13 @@ class Trainer {
                                        static_cast<uint64_t>(tc_.seed)),
                 config_.data.prefetch, communicator.rank(), communicator.world_size()),
         communicator_(communicator),
-        reducer_(trainable_tensors_, communicator, tc_.grad_bucket_mb << 20) {
+        reducer_(trainable_tensors_, communicator,
+                 GradReducerOptions{tc_.grad_bucket_mb << 20,
+                                    tc_.grad_reduce_dtype == "bf16" ? at::kBFloat16
+                                                                     : at::ScalarType::Undefined,
+                                    tc_.grad_reduce_overlap}) {
     model_->to(device_);
-    ema_.shadow().to(device_);
+    if (ema_) ema_->shadow().to(device_);
     // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
     communicator_.broadcast(model_->parameters());
     if (communicator_.is_main()) metrics_ = std::make_unique<JsonlSink>(config_.run.dir + "/metrics.jsonl");
@@ -82,7 +86,7 @@ class Trainer {
   void restore(const Checkpoint& c) {
     const std::string source = "checkpoint of step " + std::to_string(c.step);
     load_state_dict(*model_, c.model, source + " (model)");
-    load_state_dict(ema_.shadow(), c.ema, source + " (ema)");
+    if (ema_) load_state_dict(ema_->shadow(), c.ema, source + " (ema)");
     load_adamw_state(optimizer_, trainable_, c.optimizer, source + " (optimizer)");
     // The checkpoint is read by every rank from the same file; nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
@@ -126,6 +130,13 @@ class Trainer {
     bar.finish();
     summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     spdlog::info("trained steps {}..{} in {}", start_step_ + 1, tc_.steps, format_duration(summary.seconds));
+    if (communicator_.world_size() > 1 && tc_.steps > start_step_) {
+      spdlog::info("gradient all-reduce ({}): {} buckets, {:.1f} MB per step in {}, overlap {}; "
+                   "{:.1f} ms per step not hidden by backward", communicator_.backend(),
+                   reducer_.num_buckets(), reducer_.bucket_bytes_on_wire() / 1e6,
+                   tc_.grad_reduce_dtype, tc_.grad_reduce_overlap ? "on" : "off",
+                   1e3 * reducer_.exposed_seconds() / static_cast<double>(tc_.steps - start_step_));
+    }
     finish();
     return summary;
   }
@@ -137,6 +148,15 @@ class Trainer {
       if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
     }
     return out;
+  }
+  // The shadow's own initialisation is overwritten by the copy, so it must not consume the
+  // global generator (that would make rank 0's random stream differ from the others').
+  static std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) {
+    at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
+    const at::Tensor state = cpu_generator.get_state();
+    auto ema = std::make_unique<Ema>(model, build_backbone(config));
+    cpu_generator.set_state(state);
+    return ema;
   }
   static std::vector<at::Tensor> tensors_of(const NamedParameters& named) {
     std::vector<at::Tensor> out;
@@ -178,7 +198,12 @@ class Trainer {
       }
       // Sum over the micro-batch / global batch: the gradient equals that of the global mean.
       auto loss = losses.loss.sum() / static_cast<double>(tc_.global_batch_size);
-      if (aux_loss.defined()) loss = loss + aux_loss / static_cast<double>(tc_.grad_accum_steps);
+      // The auxiliary loss is a mean per micro-batch; gradients are summed over micro-batches
+      // and ranks, so its weight is one over their number.
+      if (aux_loss.defined()) {
+        loss = loss + aux_loss / static_cast<double>(tc_.grad_accum_steps * communicator_.world_size());
+      }
+      if (micro + 1 == tc_.grad_accum_steps) reducer_.expect_final_backward();
       loss.backward();
       sums.loss = sums.loss + losses.loss.detach().sum();
       sums.mse = sums.mse + losses.mse.detach().sum();
@@ -213,7 +238,7 @@ class Trainer {
     }
     bad_steps_ = 0;
     optimizer_.step();
-    ema_.update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
+    if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
     window_.add(losses.loss, losses.mse, losses.vb, grad_norm, tc_.global_batch_size);
   }
 
@@ -237,7 +262,7 @@ class Trainer {
     Checkpoint c;
     c.step = step;
     c.model = state_dict(*model_);
-    c.ema = state_dict(ema_.shadow());
+    c.ema = state_dict(ema_->shadow());
     c.optimizer = adamw_state_tensors(optimizer_, trainable_);
     c.trainer_state = window_.to_tensors();
     c.trainer_state["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
@@ -258,11 +283,11 @@ class Trainer {
     if (!communicator_.is_main()) return;
     const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
     save_weights(*model_, config_.run.dir + "/model.safetensors", metadata);
-    save_weights(ema_.shadow(), config_.run.dir + "/ema.safetensors", metadata);
+    save_weights(ema_->shadow(), config_.run.dir + "/ema.safetensors", metadata);
     spdlog::info("saved model.safetensors and ema.safetensors");
     if (!config_.sample.at_end) return;
     auto labels = grid_labels(config_.model.num_classes, config_.sample.num_per_class);
-    auto samples = generate_samples(ema_.shadow(), config_.diffusion, config_.sample, labels, device_);
+    auto samples = generate_samples(ema_->shadow(), config_.diffusion, config_.sample, labels, device_);
 #ifdef DITLAB_WITH_OPENCV
     const std::string path = config_.run.dir + "/samples.png";
 #else
@@ -279,7 +304,7 @@ class Trainer {
   const bool bf16_;
   std::shared_ptr<Dataset> dataset_;
   std::shared_ptr<Backbone> model_;
-  Ema ema_;
+  std::unique_ptr<Ema> ema_;  // rank 0 only: it alone saves and samples
   const NamedParameters trainable_;  // listed once: the step uses them every time
   const std::vector<at::Tensor> trainable_tensors_;
   torch::optim::AdamW optimizer_;
@@ -301,9 +326,17 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   ExperimentConfig config = input_config;
   config.run.dir = expand_run_dir(config.run.dir);
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
-  const c10::Device device = select_device(config.train.device);
-  Communicator communicator(detect_dist_env(), config.train.dist_backend,
-                            std::chrono::seconds(config.train.dist_timeout_s));
+  const DistEnv dist_env = detect_dist_env();
+  c10::Device device = select_device(config.train.device);
+  // One GPU per rank: "cuda" means the one of this rank's local index.
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, dist_env.local_rank);
+  Communicator communicator(dist_env, config.train.dist_backend,
+                            std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
+  if (config.train.grad_reduce_dtype == "bf16" && !communicator.can_sum(at::kBFloat16)) {
+    throw ConfigError("train.grad_reduce_dtype bf16: the " + communicator.backend() + " backend of "
+                      "this LibTorch (" + compat::torch_version() + ") cannot sum bf16 tensors; "
+                      "use fp32 (bf16 is for nccl on GPUs)");
+  }
   const int64_t ranks_times_accum = communicator.world_size() * config.train.grad_accum_steps;
   if (config.train.global_batch_size % ranks_times_accum != 0) {
     throw ConfigError("train.global_batch_size " + std::to_string(config.train.global_batch_size) +

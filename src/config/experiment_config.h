@@ -57,9 +57,11 @@ struct TrainConfig {
   int64_t threads = 0;  // 0: LibTorch's default
   int64_t log_every = 50;
   int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops
-  std::string dist_backend = "auto";  // auto: gloo on CPU (nccl on CUDA: not yet)
+  std::string dist_backend = "auto";  // auto: nccl on CUDA, gloo on CPU
   int64_t dist_timeout_s = 300;       // a collective waiting longer fails, naming the rank
   int64_t grad_bucket_mb = 25;        // gradient all-reduce bucket size
+  std::string grad_reduce_dtype = "fp32";  // bf16 halves the all-reduce traffic
+  bool grad_reduce_overlap = true;         // start buckets from autograd hooks during backward
 };
 
 struct CheckpointConfig {

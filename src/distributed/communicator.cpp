@@ -4,31 +4,92 @@
 
 #include "src/common/error.h"
 
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
 #ifdef DITLAB_WITH_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#endif
+#ifdef DITLAB_WITH_NCCL
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL  // c10d's header compiles to nothing without it
+#endif
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
 namespace ditlab {
 
-#ifdef DITLAB_WITH_GLOO
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> group;
+#ifdef DITLAB_WITH_GLOO
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
+#endif
+#ifdef DITLAB_WITH_NCCL
+  c10::intrusive_ptr<c10d::ProcessGroupNCCL> nccl;
+#endif
+  // Calls `f` with whichever process group this job uses. (Their common base class differs
+  // between LibTorch versions; the collectives' signatures do not.)
+  template <class F>
+  c10::intrusive_ptr<c10d::Work> with_group(F&& f) {
+#ifdef DITLAB_WITH_GLOO
+    if (gloo) return f(*gloo);
+#endif
+#ifdef DITLAB_WITH_NCCL
+    if (nccl) return f(*nccl);
+#endif
+    throw Error("internal: collective called without a process group");
+  }
 };
 #else
 struct Communicator::Impl {};
 #endif
 
+std::vector<std::string> Communicator::available_backends() {
+  std::vector<std::string> out;
+#ifdef DITLAB_WITH_GLOO
+  out.push_back("gloo");
+#endif
+#ifdef DITLAB_WITH_NCCL
+  out.push_back("nccl");
+#endif
+  return out;
+}
+
+namespace {
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out.empty() ? "none" : out;
+}
+
+[[noreturn]] void peer_failure(int rank, const std::chrono::milliseconds& timeout,
+                               const std::string& what, const std::exception& e) {
+  throw Error("rank " + std::to_string(rank) + ": " + what + " failed (usually: a peer rank " +
+              "exited, crashed or did not answer within train.dist_timeout_s = " +
+              std::to_string(timeout.count() / 1000) + " s; its own log says why): " + e.what());
+}
+}  // namespace
+
 Communicator::Communicator(const DistEnv& env, const std::string& backend,
-                           std::chrono::milliseconds timeout)
-    : env_(env), timeout_(timeout), impl_(std::make_unique<Impl>()) {
+                           std::chrono::milliseconds timeout, bool device_is_cuda)
+    : env_(env),
+      backend_(backend == "auto" ? (device_is_cuda ? "nccl" : "gloo") : backend),
+      timeout_(timeout),
+      impl_(std::make_unique<Impl>()) {
   if (env_.world_size == 1) return;
   const std::string where = env_.master_addr + ":" + std::to_string(env_.master_port);
-#ifdef DITLAB_WITH_GLOO
-  if (backend != "gloo" && backend != "auto") {
-    throw ConfigError("train.dist_backend '" + backend + "' is not available in this build (gloo)");
+  const auto available = available_backends();
+  if (std::find(available.begin(), available.end(), backend_) == available.end()) {
+    throw ConfigError("train.dist_backend '" + backend_ + "' is not available in this build " +
+                      "(available: " + join(available) + "); " + std::to_string(env_.world_size) +
+                      " ranks requested at " + where);
   }
+  if ((backend_ == "nccl") != device_is_cuda) {
+    throw ConfigError("train.dist_backend '" + backend_ + "' does not fit train.device (" +
+                      (device_is_cuda ? "cuda" : "cpu") + "): nccl is for cuda, gloo for cpu");
+  }
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   try {
     c10d::TCPStoreOptions options;
     options.port = static_cast<std::uint16_t>(env_.master_port);
@@ -37,53 +98,82 @@ Communicator::Communicator(const DistEnv& env, const std::string& backend,
     options.waitWorkers = true;
     options.timeout = timeout_;
     impl_->store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, options);
-    auto group_options = c10d::ProcessGroupGloo::Options::create(timeout_);
-    group_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-    impl_->group = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env_.rank,
-                                                               env_.world_size, group_options);
+#ifdef DITLAB_WITH_GLOO
+    if (backend_ == "gloo") {
+      auto group_options = c10d::ProcessGroupGloo::Options::create(timeout_);
+      group_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      impl_->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, env_.rank,
+                                                                env_.world_size, group_options);
+    }
+#endif
+#ifdef DITLAB_WITH_NCCL
+    if (backend_ == "nccl") {
+      auto group_options = c10d::ProcessGroupNCCL::Options::create();
+      group_options->timeout = timeout_;
+      impl_->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(impl_->store, env_.rank,
+                                                                env_.world_size, group_options);
+    }
+#endif
   } catch (const std::exception& e) {
     throw Error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) +
-                " could not join the job at " + where + " (" + env_.launcher + "): " + e.what());
+                " could not join the job at " + where + " (" + env_.launcher + ", " + backend_ +
+                "): " + e.what());
   }
-#else
-  throw ConfigError("this build has no distributed backend (Gloo headers were not found); " +
-                    std::to_string(env_.world_size) + " ranks requested at " + where);
 #endif
 }
 
 Communicator::~Communicator() = default;
 
-namespace {
-[[noreturn]] void peer_failure(int rank, const std::chrono::milliseconds& timeout,
-                               const std::string& what, const std::exception& e) {
-  throw Error("rank " + std::to_string(rank) + ": " + what + " failed (a peer rank exited, crashed "
-              "or did not answer within train.dist_timeout = " + std::to_string(timeout.count() / 1000) +
-              " s): " + e.what());
-}
-}  // namespace
-
-void Communicator::all_reduce_sum(at::Tensor& tensor) {
-  if (env_.world_size == 1) return;
-#ifdef DITLAB_WITH_GLOO
+PendingCollective Communicator::all_reduce_sum_async(at::Tensor tensor) {
+  if (env_.world_size == 1) return {};
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   try {
-    std::vector<at::Tensor> one = {tensor};
-    impl_->group->allreduce(one)->wait(timeout_);
+    auto work = impl_->with_group([&](auto& group) {
+      std::vector<at::Tensor> one = {tensor};
+      return group.allreduce(one);
+    });
+    return PendingCollective([work, rank = env_.rank, timeout = timeout_] {
+      try {
+        work->wait(timeout);
+      } catch (const std::exception& e) {
+        peer_failure(rank, timeout, "all-reduce", e);
+      }
+    });
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     peer_failure(env_.rank, timeout_, "all-reduce", e);
   }
+#else
+  return {};
 #endif
 }
 
+bool Communicator::can_sum(at::ScalarType dtype) {
+  if (env_.world_size == 1) return true;
+  auto options = at::TensorOptions().dtype(dtype);
+  if (backend_ == "nccl") options = options.device(at::Device(at::kCUDA, env_.local_rank));
+  at::Tensor probe = at::ones({1}, options);
+  try {
+    all_reduce_sum(probe);
+  } catch (const Error&) {
+    return false;  // the same build fails the same way on every rank
+  }
+  return probe.item<double>() == env_.world_size;
+}
+
+void Communicator::all_reduce_sum(at::Tensor& tensor) { all_reduce_sum_async(tensor).wait(); }
+
 void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
   if (env_.world_size == 1 || tensors.empty()) return;
-#ifdef DITLAB_WITH_GLOO
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   std::vector<at::Tensor> flat_pieces;
   for (const auto& t : tensors) flat_pieces.push_back(t.detach().reshape({-1}).to(at::kFloat));
   std::vector<at::Tensor> flat = {at::cat(flat_pieces)};
   try {
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    impl_->group->broadcast(flat, options)->wait(timeout_);
+    impl_->with_group([&](auto& group) { return group.broadcast(flat, options); })->wait(timeout_);
   } catch (const std::exception& e) {
     peer_failure(env_.rank, timeout_, "broadcast", e);
   }
@@ -97,11 +187,16 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
 
 void Communicator::barrier() {
   if (env_.world_size == 1) return;
-#ifdef DITLAB_WITH_GLOO
-  try {
-    impl_->group->barrier()->wait(timeout_);
-  } catch (const std::exception& e) {
-    peer_failure(env_.rank, timeout_, "barrier", e);
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
+  // A one-element all-reduce on the backend's device: NCCL's own barrier has to guess the GPU.
+  auto options = at::TensorOptions().dtype(at::kFloat);
+  if (backend_ == "nccl") options = options.device(at::Device(at::kCUDA, env_.local_rank));
+  at::Tensor token = at::ones({1}, options);
+  all_reduce_sum(token);
+  if (token.item<float>() != static_cast<float>(env_.world_size)) {  // waits for the device too
+    throw Error("rank " + std::to_string(env_.rank) + ": barrier saw " +
+                std::to_string(token.item<float>()) + " ranks, expected " +
+                std::to_string(env_.world_size));
   }
 #endif
 }

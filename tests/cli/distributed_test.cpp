@@ -69,6 +69,32 @@ TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole b
                         train_command("run.dir=" + (dir / "three")),
                     dir / "three.log") != 0);
   CHECK_THAT(read_file(dir / "three.log"), Catch::Contains("not divisible by 3 ranks"));
+  // Without overlap (all buckets after backward) the result is the same.
+  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29633 -- " +
+                          train_command(common + "train.grad_reduce_overlap=false run.dir=" + (dir / "serial")),
+                      dir / "serial.log") == 0);
+  auto serial = read_safetensors(dir / "serial/model.safetensors").tensors;
+  for (const auto& [name, t] : two) CHECK(at::allclose(t, serial.at(name), 1e-5, 1e-6));
+  // The log reports what the all-reduce cost.
+  CHECK_THAT(read_file(dir / "two.log"), Catch::Contains("overlap on") && Catch::Contains("not hidden"));
+  CHECK_THAT(read_file(dir / "serial.log"), Catch::Contains("overlap off"));
+}
+
+TEST_CASE("a bf16 gradient all-reduce the backend cannot do is a clear error", "[distributed]") {
+  TempDir dir("ddp");
+  const int code = run_command(
+      ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29634 -- " +
+          train_command("train.grad_reduce_dtype=bf16 run.dir=" + (dir / "run")),
+      dir / "run.log");
+  const std::string log = read_file(dir / "run.log");
+  INFO(log);
+  // Gloo in LibTorch 1.13 cannot sum bf16; a newer Gloo can, and then the run trains.
+  if (code != 0) {
+    CHECK_THAT(log, Catch::Contains("train.grad_reduce_dtype bf16") &&
+                        Catch::Contains("cannot sum bf16"));
+  } else {
+    CHECK_THAT(log, Catch::Contains("in bf16"));
+  }
 }
 
 TEST_CASE("a rank that dies makes the others fail with an error, not hang", "[distributed]") {

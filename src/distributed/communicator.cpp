@@ -2,6 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
 #include "src/common/error.h"
 
 #if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
@@ -22,6 +27,65 @@ namespace ditlab {
 #if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
+  // Every rank bumps its counter in the store once a second from its own connection, so that a
+  // rank whose collective failed can tell which peers stopped (see silent_ranks()).
+  c10::intrusive_ptr<c10d::Store> heartbeat_store;
+  std::mutex heartbeat_mutex;
+  std::condition_variable heartbeat_wakeup;
+  bool heartbeat_stop = false;
+  std::thread heartbeat;
+
+  static std::string heartbeat_key(int rank) { return "ditlab/heartbeat/" + std::to_string(rank); }
+
+  void start_heartbeat(int rank) {
+    heartbeat = std::thread([this, rank] {
+      std::unique_lock<std::mutex> lock(heartbeat_mutex);
+      while (!heartbeat_stop) {
+        try {
+          heartbeat_store->add(heartbeat_key(rank), 1);
+        } catch (const std::exception&) {
+          return;  // the store is gone; a collective will fail and report it
+        }
+        heartbeat_wakeup.wait_for(lock, std::chrono::seconds(1));
+      }
+    });
+  }
+
+  ~Impl() {
+    if (!heartbeat.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(heartbeat_mutex);
+      heartbeat_stop = true;
+    }
+    heartbeat_wakeup.notify_all();
+    heartbeat.join();
+  }
+
+  // After a failed collective: which peers' heartbeats stopped over a few seconds.
+  std::string silent_ranks(const DistEnv& env) {
+    if (!heartbeat_store) return "";
+    auto read = [&] {
+      std::vector<int64_t> beats;
+      std::lock_guard<std::mutex> lock(heartbeat_mutex);
+      for (int r = 0; r < env.world_size; ++r) beats.push_back(heartbeat_store->add(heartbeat_key(r), 0));
+      return beats;
+    };
+    try {
+      const auto before = read();
+      std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+      const auto after = read();
+      std::string silent;
+      for (int r = 0; r < env.world_size; ++r) {
+        if (r != env.rank && before[r] == after[r]) silent += (silent.empty() ? "" : ", ") + std::to_string(r);
+      }
+      if (silent.empty()) return "every rank is still alive (one of them failed; its log says why)";
+      return (silent.find(',') == std::string::npos ? "rank " : "ranks ") + silent +
+             " stopped answering (no heartbeat for 2.5 s)";
+    } catch (const std::exception&) {
+      return "rank 0 stopped answering (its rendezvous store at " + env.master_addr + ":" +
+             std::to_string(env.master_port) + " is gone)";
+    }
+  }
 #ifdef DITLAB_WITH_GLOO
   c10::intrusive_ptr<c10d::ProcessGroupGloo> gloo;
 #endif
@@ -63,13 +127,18 @@ std::string join(const std::vector<std::string>& items) {
   return out.empty() ? "none" : out;
 }
 
-[[noreturn]] void peer_failure(int rank, const std::chrono::milliseconds& timeout,
-                               const std::string& what, const std::exception& e) {
-  throw Error("rank " + std::to_string(rank) + ": " + what + " failed (usually: a peer rank " +
-              "exited, crashed or did not answer within train.dist_timeout_s = " +
-              std::to_string(timeout.count() / 1000) + " s; its own log says why): " + e.what());
-}
 }  // namespace
+
+void Communicator::fail(const std::string& what, const std::exception& e) const {
+  std::string diagnosis;
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
+  diagnosis = impl_->silent_ranks(env_);
+#endif
+  throw Error("rank " + std::to_string(env_.rank) + ": " + what + " failed" +
+              (diagnosis.empty() ? "" : ": " + diagnosis) + " (a peer that exits, crashes or " +
+              "does not answer within train.dist_timeout_s = " +
+              std::to_string(timeout_.count() / 1000) + " s fails the job): " + e.what());
+}
 
 Communicator::Communicator(const DistEnv& env, const std::string& backend,
                            std::chrono::milliseconds timeout, bool device_is_cuda)
@@ -114,6 +183,12 @@ Communicator::Communicator(const DistEnv& env, const std::string& backend,
                                                                 env_.world_size, group_options);
     }
 #endif
+    c10d::TCPStoreOptions client = options;
+    client.isServer = false;
+    client.waitWorkers = false;
+    client.numWorkers = c10::nullopt;
+    impl_->heartbeat_store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, client);
+    impl_->start_heartbeat(env_.rank);
   } catch (const std::exception& e) {
     throw Error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) +
                 " could not join the job at " + where + " (" + env_.launcher + ", " + backend_ +
@@ -132,17 +207,17 @@ PendingCollective Communicator::all_reduce_sum_async(at::Tensor tensor) {
       std::vector<at::Tensor> one = {tensor};
       return group.allreduce(one);
     });
-    return PendingCollective([work, rank = env_.rank, timeout = timeout_] {
+    return PendingCollective([work, this] {
       try {
-        work->wait(timeout);
+        work->wait(timeout_);
       } catch (const std::exception& e) {
-        peer_failure(rank, timeout, "all-reduce", e);
+        fail("all-reduce", e);
       }
     });
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    peer_failure(env_.rank, timeout_, "all-reduce", e);
+    fail("all-reduce", e);
   }
 #else
   return {};
@@ -175,7 +250,7 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
     options.rootRank = root;
     impl_->with_group([&](auto& group) { return group.broadcast(flat, options); })->wait(timeout_);
   } catch (const std::exception& e) {
-    peer_failure(env_.rank, timeout_, "broadcast", e);
+    fail("broadcast", e);
   }
   int64_t offset = 0;
   for (const auto& t : tensors) {

@@ -50,7 +50,8 @@ class Communicator {
   // In-place sum over ranks of one tensor. Throws Error (naming the timeout) if a peer died or
   // hung. (c10d reads a list of tensors as one per local device, so the API takes one.)
   void all_reduce_sum(at::Tensor& tensor);
-  // The same, started in the background: the tensor must not be touched until wait().
+  // The same, started in the background: the tensor must not be touched until wait(), and the
+  // communicator must outlive the wait.
   PendingCollective all_reduce_sum_async(at::Tensor tensor);
   // Whether the backend can sum tensors of `dtype` (Gloo in LibTorch 1.13 cannot sum bf16);
   // a collective, so every rank must ask.
@@ -63,6 +64,9 @@ class Communicator {
   static std::vector<std::string> available_backends();
 
  private:
+  // Throws Error for a failed collective, naming the peers that stopped answering.
+  [[noreturn]] void fail(const std::string& what, const std::exception& e) const;
+
   struct Impl;
   DistEnv env_;
   std::string backend_;

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
 
 #include <array>
@@ -24,16 +25,17 @@ struct Params {
   std::vector<at::Tensor> list() const { return {a, b, extra}; }
 };
 
+// Own generators: the two ranks are threads, and the global generator is shared.
 Params make_params() {
-  at::manual_seed(7);
-  return {at::randn({40}).requires_grad_(), at::randn({30, 20}).requires_grad_(),
-          at::randn({16}).requires_grad_()};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  return {at::randn({40}, gen).requires_grad_(), at::randn({30, 20}, gen).requires_grad_(),
+          at::randn({16}, gen).requires_grad_()};
 }
 
 // The loss of micro-batch `micro` on `rank`: different data per rank and micro-batch.
 at::Tensor loss_of(const Params& p, int rank, int micro) {
-  at::manual_seed(100 + 10 * rank + micro);
-  auto x = at::randn({20});
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(100 + 10 * rank + micro);
+  auto x = at::randn({20}, gen);
   auto h = at::tanh(at::matmul(p.b, x)).sum() * p.a.sum();
   if (rank == 0) h = h + (p.extra * p.extra).sum() * (micro + 1);
   return h;

@@ -24,4 +24,12 @@ at::Tensor Backbone::forward_with_cfg(const at::Tensor& x, const at::Tensor& t,
   return at::cat({at::cat({guided_eps, guided_eps}, 0), rest}, 1);
 }
 
+void Backbone::begin_sampling(const SamplingCache& cache) {
+  if (cache.interval > 1) {
+    throw ConfigError("sample.cache_interval " + std::to_string(cache.interval) +
+                      ": this backbone has no feature cache (Skip-Cache needs a skip-dit model); "
+                      "use sample.cache_interval=1");
+  }
+}
+
 }  // namespace ditlab

@@ -25,6 +25,12 @@ struct BackboneShape {
   bool has_null_class = true;  // whether the null label exists (needed for guidance)
 };
 
+// Options of one sampling run that a backbone may use to trade exactness for speed.
+struct SamplingCache {
+  int64_t interval = 1;  // run the whole network every interval-th step; 1 = always (no cache)
+  int64_t depth = 4;     // blocks at each end that still run on the other steps
+};
+
 class Backbone : public torch::nn::Module {
  public:
   // x [N, C, H, W] float, t [N] int64 diffusion timesteps, y [N] int64 labels (null = num_classes).
@@ -38,6 +44,12 @@ class Backbone : public torch::nn::Module {
                                       const at::Tensor& y, double scale, int64_t cfg_channels);
 
   virtual BackboneShape shape() const = 0;
+
+  // Around one sampling run; the sampler calls both. Backbones that can reuse deep features
+  // across denoising steps (Skip-DiT's Skip-Cache) use `cache`; the others reject an
+  // interval > 1 with ConfigError.
+  virtual void begin_sampling(const SamplingCache& cache);
+  virtual void end_sampling() {}
 };
 
 }  // namespace ditlab

@@ -3,31 +3,43 @@
 #include <functional>
 
 #include "models/dit/dit.h"
+#include "models/skip_dit/skip_dit.h"
 #include "src/common/error.h"
 
 namespace ditlab {
 namespace {
 
 struct Preset {
-  const char* name;
-  const char* family;
+  std::string name;
+  std::string family;
   int64_t depth, hidden_size, num_heads, patch_size;
 };
 
-// The DiT paper's Table 1 (depth, width, heads) crossed with patch sizes 2, 4 and 8.
+// The DiT paper's Table 1 (depth, width, heads) crossed with patch sizes 2, 4 and 8, for DiT and
+// for Skip-DiT (the same sizes plus the long skips).
 const std::vector<Preset>& presets() {
-  static const std::vector<Preset> table = {
-      {"DiT-S/2", "dit", 12, 384, 6, 2},    {"DiT-S/4", "dit", 12, 384, 6, 4},
-      {"DiT-S/8", "dit", 12, 384, 6, 8},    {"DiT-B/2", "dit", 12, 768, 12, 2},
-      {"DiT-B/4", "dit", 12, 768, 12, 4},   {"DiT-B/8", "dit", 12, 768, 12, 8},
-      {"DiT-L/2", "dit", 24, 1024, 16, 2},  {"DiT-L/4", "dit", 24, 1024, 16, 4},
-      {"DiT-L/8", "dit", 24, 1024, 16, 8},  {"DiT-XL/2", "dit", 28, 1152, 16, 2},
-      {"DiT-XL/4", "dit", 28, 1152, 16, 4}, {"DiT-XL/8", "dit", 28, 1152, 16, 8},
-  };
+  static const std::vector<Preset> table = [] {
+    struct Size {
+      const char* name;
+      int64_t depth, hidden_size, num_heads;
+    };
+    const Size sizes[] = {{"S", 12, 384, 6}, {"B", 12, 768, 12}, {"L", 24, 1024, 16}, {"XL", 28, 1152, 16}};
+    const std::pair<const char*, const char*> families[] = {{"DiT", "dit"}, {"Skip-DiT", "skip-dit"}};
+    std::vector<Preset> out;
+    for (const auto& [prefix, family] : families) {
+      for (const auto& size : sizes) {
+        for (int64_t patch : {2, 4, 8}) {
+          out.push_back({std::string(prefix) + "-" + size.name + "/" + std::to_string(patch), family,
+                         size.depth, size.hidden_size, size.num_heads, patch});
+        }
+      }
+    }
+    return out;
+  }();
   return table;
 }
 
-std::shared_ptr<Backbone> build_dit(const ModelConfig& c) {
+DiTOptions dit_options(const ModelConfig& c) {
   DiTOptions o;
   o.input_size = c.input_size;
   o.patch_size = c.patch_size;
@@ -40,16 +52,26 @@ std::shared_ptr<Backbone> build_dit(const ModelConfig& c) {
   o.learn_sigma = c.learn_sigma;
   o.with_null_class = c.class_dropout_prob > 0.0;
   o.conditioning = parse_conditioning(c.conditioning);
-  return std::make_shared<DiT>(o);
+  return o;
+}
+
+std::shared_ptr<Backbone> build_dit(const ModelConfig& c) {
+  return std::make_shared<DiT>(dit_options(c));
+}
+
+std::shared_ptr<Backbone> build_skip_dit(const ModelConfig& c) {
+  return std::make_shared<SkipDiT>(dit_options(c));
 }
 
 struct Family {
   const char* name;
   std::function<std::shared_ptr<Backbone>(const ModelConfig&)> build;
+  bool sampling_cache;  // implements Backbone::begin_sampling with a feature cache
 };
 
 const std::vector<Family>& families() {
-  static const std::vector<Family> table = {{"dit", build_dit}};
+  static const std::vector<Family> table = {{"dit", build_dit, false},
+                                            {"skip-dit", build_skip_dit, true}};
   return table;
 }
 
@@ -111,6 +133,11 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
   require_data("in_channels", c.in_channels);
   require_data("num_classes", c.num_classes);
   return c;
+}
+
+bool has_sampling_cache(const std::string& model_name) {
+  const Preset* preset = nullptr;
+  return family_for(model_name, &preset).sampling_cache;
 }
 
 std::shared_ptr<Backbone> build_backbone(const ModelConfig& config) {

@@ -18,6 +18,9 @@ ModelConfig resolve_model_config(const ModelConfig& config);
 // Builds the backbone for a resolved config, with its official initialisation.
 std::shared_ptr<Backbone> build_backbone(const ModelConfig& config);
 
+// Whether the backbone of `model_name` has a feature cache for sampling (Skip-Cache).
+bool has_sampling_cache(const std::string& model_name);
+
 // Every valid model.name: families first, then presets.
 std::vector<std::string> model_names();
 

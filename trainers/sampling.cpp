@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
 
+#include "models/registry.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
 #include "src/common/text.h"
@@ -24,6 +25,17 @@ void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffus
     throw ConfigError("sample.cfg_scale " + std::to_string(sample.cfg_scale) +
                       " needs the null class, but model.class_dropout_prob is 0 (the model has no "
                       "unconditional embedding); set sample.cfg_scale=1");
+  }
+  if (sample.cache_interval > 1) {
+    if (!has_sampling_cache(model.name)) {
+      throw ConfigError("sample.cache_interval " + std::to_string(sample.cache_interval) +
+                        ": model.name '" + model.name + "' has no feature cache (Skip-Cache needs "
+                        "a skip-dit model); use sample.cache_interval=1");
+    }
+    if (model.depth > 0 && (sample.cache_depth > model.depth / 2)) {
+      throw ConfigError("sample.cache_depth " + std::to_string(sample.cache_depth) +
+                        " must be at most half of model.depth " + std::to_string(model.depth));
+    }
   }
   if (model.in_channels > 0 && sample.cfg_channels > model.in_channels) {
     throw ConfigError("sample.cfg_channels " + std::to_string(sample.cfg_channels) +
@@ -81,8 +93,16 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
   options.clip_denoised = sample.clip_denoised;
   options.eta = sample.eta;
   options.on_step = [&](int64_t done, int64_t) { bar.update(done); };
-  auto x = sample.sampler == "ddpm" ? ddpm_sample(diffusion, fn, z, generator, options)
-                                    : ddim_sample(diffusion, fn, z, generator, options);
+  model.begin_sampling({sample.cache_interval, sample.cache_depth});
+  at::Tensor x;
+  try {
+    x = sample.sampler == "ddpm" ? ddpm_sample(diffusion, fn, z, generator, options)
+                                 : ddim_sample(diffusion, fn, z, generator, options);
+  } catch (...) {
+    model.end_sampling();
+    throw;
+  }
+  model.end_sampling();
   bar.finish();
   return x.narrow(0, 0, n).to(at::kCPU, at::kFloat);
 }

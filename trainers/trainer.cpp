@@ -44,13 +44,13 @@ struct StepLosses {
 class Trainer {
  public:
   Trainer(const ExperimentConfig& config, std::shared_ptr<Dataset> dataset, c10::Device device,
-          Communicator& communicator)
+          Communicator& communicator, bool resuming)
       : config_(config),
         tc_(config_.train),
         device_(device),
         bf16_(tc_.precision == "bf16" || (tc_.precision == "auto" && compat::bf16_supported(device))),
         dataset_(std::move(dataset)),
-        model_((torch::manual_seed(static_cast<uint64_t>(tc_.seed)), build_backbone(config_.model))),
+        model_(build_model(config_, resuming)),
         ema_(communicator.is_main() ? make_ema(*model_, config_.model) : nullptr),
         trainable_(trainable_parameters(*model_)),
         trainable_tensors_(tensors_of(trainable_)),
@@ -149,6 +149,23 @@ class Trainer {
     }
     return out;
   }
+  // The official initialisation from the seed, then train.init_from where set (not when
+  // resuming: the checkpoint replaces everything).
+  static std::shared_ptr<Backbone> build_model(const ExperimentConfig& config, bool resuming) {
+    torch::manual_seed(static_cast<uint64_t>(config.train.seed));
+    auto model = build_backbone(config.model);
+    const std::string& path = config.train.init_from;
+    if (path.empty() || resuming) return model;
+    auto weights = read_weights_file(path);
+    auto kept = load_state_dict(*model, weights, "train.init_from " + path, /*allow_missing=*/true);
+    std::string examples;
+    for (size_t i = 0; i < kept.size() && i < 4; ++i) examples += (i ? ", " : "") + kept[i];
+    spdlog::info("initialised from {}: {} tensors loaded; {} model tensors kept their "
+                 "initialisation{}{}", path, weights.size(), kept.size(),
+                 kept.empty() ? "" : " (", kept.empty() ? "" : examples + (kept.size() > 4 ? ", ...)" : ")"));
+    return model;
+  }
+
   // The shadow's own initialisation is overwritten by the copy, so it must not consume the
   // global generator (that would make rank 0's random stream differ from the others').
   static std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) {
@@ -363,10 +380,12 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   }
   communicator.barrier();  // the run directory is ready before any rank goes on
 
-  Trainer trainer(config, dataset, device, communicator);
+  Trainer trainer(config, dataset, device, communicator, resume_from.has_value());
   if (resume_from) trainer.restore(*resume_from);
   resume_from.reset();  // free the host copy of the checkpoint
-  return trainer.run();
+  TrainSummary summary = trainer.run();
+  spdlog::default_logger()->flush();  // train.log is complete when train() returns
+  return summary;
 }
 
 }  // namespace ditlab

@@ -184,7 +184,7 @@ at::Tensor DiT::unpatchify(const at::Tensor& tokens) const {
   return x.reshape({n, c, h * p, h * p});       // -> [N, C, H, W]
 }
 
-BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
+DiT::Embedded DiT::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
   if (x.dim() != 4 || x.size(1) != o.in_channels || x.size(2) != o.input_size ||
       x.size(3) != o.input_size) {
@@ -204,10 +204,24 @@ BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::
   } else {
     tokens = at::cat({t_emb.unsqueeze(1), y_emb.unsqueeze(1), tokens}, 1);  // [N, 2 + T, D]
   }
+  return {tokens, cond};
+}
+
+at::Tensor DiT::run_blocks(at::Tensor tokens, const at::Tensor& cond) {
   for (auto& block : *blocks) tokens = block->as<DiTBlockImpl>()->forward(tokens, cond);
-  if (o.conditioning == Conditioning::kInContext) tokens = tokens.narrow(1, 2, tokens.size(1) - 2);
-  auto out = final_layer->forward(tokens, is_adaptive(o.conditioning) ? cond : at::Tensor());
-  return {unpatchify(out), {}, {}};
+  return tokens;
+}
+
+at::Tensor DiT::head(const at::Tensor& tokens, const at::Tensor& cond) {
+  auto image_tokens = options_.conditioning == Conditioning::kInContext
+                          ? tokens.narrow(1, 2, tokens.size(1) - 2)
+                          : tokens;
+  return unpatchify(final_layer->forward(image_tokens, cond));
+}
+
+BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
+  Embedded e = embed(x, t, y);
+  return {head(run_blocks(e.tokens, e.cond), e.cond), {}, {}};
 }
 
 BackboneShape DiT::shape() const {

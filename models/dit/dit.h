@@ -80,6 +80,17 @@ class DiT : public Backbone {
   // [N, T, p*p*C] -> [N, C, H, W]; each token's vector is ordered (p_row, p_col, channel).
   at::Tensor unpatchify(const at::Tensor& tokens) const;
 
+  // Tokens and condition after the embedders: what the blocks consume.
+  struct Embedded {
+    at::Tensor tokens;  // [N, T, D] (in-context: [N, 2 + T, D])
+    at::Tensor cond;    // [N, D] (adaLN variants), [N, 2, D] (cross-attention), or undefined
+  };
+  Embedded embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y);
+  // The block stack; backbones built on DiT (Skip-DiT) rewire it.
+  virtual at::Tensor run_blocks(at::Tensor tokens, const at::Tensor& cond);
+  // The final layer and unpatchify: [N, T(+2), D] -> [N, C_out, H, W].
+  at::Tensor head(const at::Tensor& tokens, const at::Tensor& cond);
+
   PatchEmbed x_embedder{nullptr};
   TimestepEmbedder t_embedder{nullptr};
   LabelEmbedder y_embedder{nullptr};

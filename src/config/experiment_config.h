@@ -57,6 +57,7 @@ struct TrainConfig {
   int64_t threads = 0;  // 0: LibTorch's default
   int64_t log_every = 50;
   int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops
+  std::string init_from;  // weights (.safetensors or torch .pt) to start from; keys may be missing
   std::string dist_backend = "auto";  // auto: nccl on CUDA, gloo on CPU
   int64_t dist_timeout_s = 300;       // a collective waiting longer fails, naming the rank
   int64_t grad_bucket_mb = 25;        // gradient all-reduce bucket size
@@ -77,6 +78,8 @@ struct SampleConfig {
   bool clip_denoised = true;  // clamp predicted x0 to [-1, 1]: right for pixels, not latents
   double cfg_scale = 4.0;
   int64_t cfg_channels = 0;  // 0: every predicted-noise channel; 3 reproduces the official DiT
+  int64_t cache_interval = 1;  // Skip-Cache (skip-dit): full network every N-th step; 1 = off
+  int64_t cache_depth = 4;     // Skip-Cache: blocks at each end that run on cached steps
   int64_t num_per_class = 8;
   int64_t seed = 0;
   bool at_end = true;  // draw a sample grid when training ends

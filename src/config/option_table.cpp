@@ -119,6 +119,20 @@ OptionSpec string_option(const char* key, Accessor<std::string> field,
   return {key, "string", range, std::move(help), set, get};
 }
 
+// A file path that may be empty (or null): "" means none.
+OptionSpec optional_path_option(const char* key, Accessor<std::string> field, std::string help) {
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    if (v.IsNull()) {
+      field(c).clear();
+      return;
+    }
+    if (!v.IsScalar()) bad_value(key, v, src, "a file path, or \"\" for none");
+    field(c) = v.Scalar();
+  };
+  auto get = [=](const ExperimentConfig& c) { return field(const_cast<ExperimentConfig&>(c)); };
+  return {key, "string", "a path, or empty for none", std::move(help), set, get};
+}
+
 // FIELD(train.lr) expands to the key "train.lr" and an accessor of that member, so the key
 // names and the struct can never drift apart.
 #define FIELD(path) #path, [](ExperimentConfig& c) -> auto& { return c.path; }
@@ -175,6 +189,9 @@ std::vector<OptionSpec> build_table() {
       string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
+      optional_path_option(FIELD(train.init_from),
+                    "Weights to start from (.safetensors, or a torch .pt such as an official DiT "
+                    "checkpoint); model keys they lack keep their initialisation"),
       string_option(FIELD(train.dist_backend), {"auto", "gloo", "nccl"},
                     "Collective backend for several ranks; auto = nccl on CUDA, gloo on CPU"),
       int_option(FIELD(train.dist_timeout_s), 1, kNoMax,
@@ -200,6 +217,10 @@ std::vector<OptionSpec> build_table() {
       float_option(FIELD(sample.cfg_scale), 0, kInf, false, "Classifier-free guidance scale; 1 = none"),
       int_option(FIELD(sample.cfg_channels), 0, kNoMax,
                  "Guided output channels; 0 = all noise channels, 3 = official DiT"),
+      int_option(FIELD(sample.cache_interval), 1, kNoMax,
+                 "Skip-Cache (skip-dit): run the whole network every N-th step; 1 = off"),
+      int_option(FIELD(sample.cache_depth), 1, kNoMax,
+                 "Skip-Cache: blocks at each end that run on the cached steps"),
       int_option(FIELD(sample.num_per_class), 1, kNoMax, "Samples per class in a grid"),
       int_option(FIELD(sample.seed), 0, kNoMax, "Sampling seed"),
       bool_option(FIELD(sample.at_end), "Write a sample grid when training ends"),

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "src/common/error.h"
+#include "src/common/text.h"
 #include "src/io/safetensors.h"
+#include "src/io/torch_pickle.h"
 
 namespace ditlab {
 
@@ -17,14 +19,16 @@ std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module) {
   return out;
 }
 
-void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& weights,
-                     const std::string& source) {
+std::vector<std::string> load_state_dict(torch::nn::Module& module,
+                                         const std::map<std::string, at::Tensor>& weights,
+                                         const std::string& source, bool allow_missing) {
   auto own = state_dict(module);
-  std::vector<std::string> problems;
+  std::vector<std::string> problems, missing;
   for (const auto& [name, tensor] : own) {
     auto it = weights.find(name);
     if (it == weights.end()) {
-      problems.push_back("missing key '" + name + "'");
+      missing.push_back(name);
+      if (!allow_missing) problems.push_back("missing key '" + name + "'");
     } else if (it->second.sizes() != tensor.sizes()) {
       std::ostringstream msg;
       msg << "key '" << name << "' has shape " << it->second.sizes() << ", the model expects "
@@ -43,7 +47,11 @@ void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::
     throw ShapeError(msg);
   }
   torch::NoGradGuard no_grad;
-  for (auto& [name, tensor] : own) tensor.copy_(weights.at(name));
+  for (auto& [name, tensor] : own) {
+    auto it = weights.find(name);
+    if (it != weights.end()) tensor.copy_(it->second);
+  }
+  return missing;
 }
 
 std::map<std::string, std::string> weights_metadata(const std::string& config_yaml, int64_t step) {
@@ -60,6 +68,14 @@ std::map<std::string, std::string> load_weights(torch::nn::Module& module,
   auto file = read_safetensors(path);
   load_state_dict(module, file.tensors, path);
   return file.metadata;
+}
+
+std::map<std::string, at::Tensor> read_weights_file(const std::string& path) {
+  if (ends_with(path, ".safetensors")) return read_safetensors(path).tensors;
+  if (ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".bin")) {
+    return read_torch_state_dict(path, "");
+  }
+  throw IoError("weights file '" + path + "': expected a .safetensors, .pt, .pth or .bin file");
 }
 
 }  // namespace ditlab

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 namespace torch::nn {
 class Module;
@@ -15,9 +16,12 @@ namespace ditlab {
 std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module);
 
 // Copies `weights` into the module strictly: a missing, unexpected or mis-shaped key is a
-// ShapeError naming it and `source`; nothing is modified unless every key fits.
-void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::Tensor>& weights,
-                     const std::string& source);
+// ShapeError naming it and `source`; nothing is modified unless every key fits. With
+// `allow_missing`, keys the weights lack keep their values (e.g. a DiT checkpoint initialising a
+// Skip-DiT) and are returned; unexpected or mis-shaped keys are still errors.
+std::vector<std::string> load_state_dict(torch::nn::Module& module,
+                                         const std::map<std::string, at::Tensor>& weights,
+                                         const std::string& source, bool allow_missing = false);
 
 // The __metadata__ of every weights file ditlab writes: format, the resolved config (so that
 // `dit sample --weights` can rebuild the model) and the step.
@@ -25,6 +29,11 @@ std::map<std::string, std::string> weights_metadata(const std::string& config_ya
 
 void save_weights(const torch::nn::Module& module, const std::string& path,
                   const std::map<std::string, std::string>& metadata = {});
+
+// The tensors of a weights file: .safetensors, or a torch.save file (.pt, .pth, .bin: an
+// official DiT checkpoint, a state dict or a training checkpoint, whose "ema" or else "model"
+// entry is taken). Throws IoError naming the file otherwise.
+std::map<std::string, at::Tensor> read_weights_file(const std::string& path);
 
 // Reads `path` and loads it strictly; returns the file's metadata.
 std::map<std::string, std::string> load_weights(torch::nn::Module& module,

@@ -65,6 +65,33 @@ TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[t
   CHECK_THROWS_WITH(train(debug_config(run)), Catch::Contains("already holds a run"));
 }
 
+TEST_CASE("Skip-DiT trains on the shared trainer and starts from a DiT's weights", "[trainer]") {
+  TempDir dir("train");
+  auto dit_run = dir / "dit", skip_run = dir / "skip";
+  train(debug_config(dit_run, {"train.steps=10", "model.depth=4"}));
+  auto config = load_experiment_config(
+      ditlab::testing::source_dir() + "/configs/debug/skip-dit.yaml",
+      {"run.dir=" + skip_run, "train.steps=40", "train.log_every=10",
+       "train.init_from=" + dit_run + "/model.safetensors", "sample.num_per_class=1"});
+  auto summary = train(config);
+  INFO("first " << summary.first_loss << " last " << summary.last_loss);
+  CHECK(summary.last_loss < 0.8 * summary.first_loss);
+  CHECK_THAT(read_file(skip_run + "/train.log"),
+             Catch::Contains("tensors loaded; 8 model tensors kept their initialisation"));
+  auto weights = read_safetensors(skip_run + "/model.safetensors").tensors;
+  CHECK(weights.count("skip_linears.1.linear.weight") == 1);
+  // Sampling with Skip-Cache ran at the end (the grid exists).
+#ifdef DITLAB_WITH_OPENCV
+  CHECK(std::filesystem::exists(skip_run + "/samples.png"));
+#else
+  CHECK(std::filesystem::exists(skip_run + "/samples.safetensors"));
+#endif
+  // Weights that do not fit are refused with the key named.
+  auto bad = debug_config(dir / "bad", {"train.init_from=" + dit_run + "/model.safetensors",
+                                        "model.hidden_size=32"});
+  CHECK_THROWS_WITH(train(bad), Catch::Contains("train.init_from") && Catch::Contains("has shape"));
+}
+
 TEST_CASE("training is deterministic and independent of how the batch is split", "[trainer]") {
   TempDir dir("train");
   train(debug_config(dir / "a", {"train.steps=6"}));

@@ -45,6 +45,13 @@ class Backbone : public torch::nn::Module {
 
   virtual BackboneShape shape() const = 0;
 
+  // Multiply-accumulates of one forward pass for one sample, counted analytically from the
+  // architecture the way the DiT family's papers count "Gflops" (one MAC = one FLOP; matmuls,
+  // attention products and convolutions; not norms, activations or elementwise ops; U-DiT's
+  // FFNs in their folded inference form). Training costs about 3x this per image (forward +
+  // backward), i.e. 6 x MACs FLOPs.
+  virtual int64_t forward_macs() const = 0;
+
   // Around one sampling run; the sampler calls both. Backbones that can reuse deep features
   // across denoising steps (Skip-DiT's Skip-Cache) use `cache`; the others reject an
   // interval > 1 with ConfigError.

@@ -4,6 +4,7 @@
 
 #include "models/dit/dit.h"
 #include "models/skip_dit/skip_dit.h"
+#include "models/udit/udit.h"
 #include "src/common/error.h"
 
 namespace ditlab {
@@ -13,26 +14,32 @@ struct Preset {
   std::string name;
   std::string family;
   int64_t depth, hidden_size, num_heads, patch_size;
+  std::vector<int64_t> level_depths;  // u-dit
 };
 
-// The DiT paper's Table 1 (depth, width, heads) crossed with patch sizes 2, 4 and 8, for DiT and
-// for Skip-DiT (the same sizes plus the long skips).
 const std::vector<Preset>& presets() {
   static const std::vector<Preset> table = [] {
+    std::vector<Preset> out;
+    // The DiT paper's Table 1 (depth, width, heads) crossed with patch sizes 2, 4 and 8, for
+    // DiT and for Skip-DiT (the same sizes plus the long skips).
     struct Size {
       const char* name;
       int64_t depth, hidden_size, num_heads;
     };
     const Size sizes[] = {{"S", 12, 384, 6}, {"B", 12, 768, 12}, {"L", 24, 1024, 16}, {"XL", 28, 1152, 16}};
-    const std::pair<const char*, const char*> families[] = {{"DiT", "dit"}, {"Skip-DiT", "skip-dit"}};
-    std::vector<Preset> out;
-    for (const auto& [prefix, family] : families) {
+    const std::pair<const char*, const char*> dit_families[] = {{"DiT", "dit"}, {"Skip-DiT", "skip-dit"}};
+    for (const auto& [prefix, family] : dit_families) {
       for (const auto& size : sizes) {
         for (int64_t patch : {2, 4, 8}) {
           out.push_back({std::string(prefix) + "-" + size.name + "/" + std::to_string(patch), family,
-                         size.depth, size.hidden_size, size.num_heads, patch});
+                         size.depth, size.hidden_size, size.num_heads, patch, {}});
         }
       }
+    }
+    // The U-DiT paper's sizes (widths C, 2C, 4C per level; the same heads at every level).
+    for (const auto& [name, width, heads] : {std::tuple<const char*, int64_t, int64_t>{"U-DiT-S", 96, 4},
+                                             {"U-DiT-B", 192, 8}, {"U-DiT-L", 384, 16}}) {
+      out.push_back({name, "u-dit", 0, width, heads, 0, {2, 5, 8, 5, 2}});
     }
     return out;
   }();
@@ -63,15 +70,39 @@ std::shared_ptr<Backbone> build_skip_dit(const ModelConfig& c) {
   return std::make_shared<SkipDiT>(dit_options(c));
 }
 
+std::shared_ptr<Backbone> build_udit(const ModelConfig& c) {
+  if (c.conditioning != "adaln_zero") {
+    throw ConfigError("model.conditioning '" + c.conditioning + "': u-dit is built with adaln_zero only");
+  }
+  UDiTOptions o;
+  o.input_size = c.input_size;
+  o.in_channels = c.in_channels;
+  o.hidden_size = c.hidden_size;
+  o.num_heads = c.num_heads;
+  o.level_depths = c.level_depths;
+  o.mlp_ratio = c.mlp_ratio;
+  o.num_classes = c.num_classes;
+  o.learn_sigma = c.learn_sigma;
+  o.with_null_class = c.class_dropout_prob > 0.0;
+  return std::make_shared<UDiT>(o);
+}
+
+// A token-sequence transformer with depth and patch size (DiT and its descendants), or a
+// U-shaped one with blocks per level and no patchify (U-DiT).
+enum class Shape { kTokens, kLevels };
+
 struct Family {
   const char* name;
   std::function<std::shared_ptr<Backbone>(const ModelConfig&)> build;
+  Shape shape;
+  double default_mlp_ratio;
   bool sampling_cache;  // implements Backbone::begin_sampling with a feature cache
 };
 
 const std::vector<Family>& families() {
-  static const std::vector<Family> table = {{"dit", build_dit, false},
-                                            {"skip-dit", build_skip_dit, true}};
+  static const std::vector<Family> table = {{"dit", build_dit, Shape::kTokens, 4.0, false},
+                                            {"skip-dit", build_skip_dit, Shape::kTokens, 4.0, true},
+                                            {"u-dit", build_udit, Shape::kLevels, 2.0, false}};
   return table;
 }
 
@@ -103,25 +134,45 @@ std::vector<std::string> model_names() {
 
 ModelConfig resolve_model_config(const ModelConfig& config) {
   const Preset* preset = nullptr;
-  family_for(config.name, &preset);
+  const Family& family = family_for(config.name, &preset);
   ModelConfig c = config;
   if (preset) {
     if (c.depth == 0) c.depth = preset->depth;
     if (c.hidden_size == 0) c.hidden_size = preset->hidden_size;
     if (c.num_heads == 0) c.num_heads = preset->num_heads;
     if (c.patch_size == 0) c.patch_size = preset->patch_size;
+    if (c.level_depths.empty()) c.level_depths = preset->level_depths;
   }
+  if (c.mlp_ratio == 0.0) c.mlp_ratio = family.default_mlp_ratio;
+  const std::string example = family.shape == Shape::kTokens ? "DiT-S/2" : "U-DiT-S";
   auto require_size = [&](const char* key, int64_t value) {
     if (value < 1) {
       throw ConfigError("model." + std::string(key) + " is not set: model.name '" + c.name +
-                        "' is a family, so it needs an explicit value (or use a preset such as "
-                        "DiT-S/2)");
+                        "' is a family, so it needs an explicit value (or use a preset such as " +
+                        example + ")");
     }
   };
-  require_size("depth", c.depth);
+  auto reject = [&](const char* key, bool set, const char* instead) {
+    if (set) {
+      throw ConfigError("model." + std::string(key) + " does not apply to model.name '" + c.name +
+                        "' (" + family.name + "); " + instead);
+    }
+  };
   require_size("hidden_size", c.hidden_size);
   require_size("num_heads", c.num_heads);
-  require_size("patch_size", c.patch_size);
+  if (family.shape == Shape::kTokens) {
+    require_size("depth", c.depth);
+    require_size("patch_size", c.patch_size);
+    reject("level_depths", !c.level_depths.empty(), "its blocks are model.depth");
+  } else {
+    reject("depth", c.depth != 0, "set model.level_depths (blocks per level) instead");
+    reject("patch_size", c.patch_size != 0, "it has no patchify (a 3x3 conv embeds every pixel)");
+    if (c.level_depths.size() != 5) {
+      throw ConfigError("model.level_depths must list 5 block counts [enc1, enc2, latent, dec2, "
+                        "dec1] for model.name '" + c.name + "' (got " +
+                        std::to_string(c.level_depths.size()) + ")");
+    }
+  }
   auto require_data = [&](const char* key, int64_t value) {
     if (value < 1) {
       throw ConfigError("model." + std::string(key) + " is not set; it normally comes from the "

@@ -32,9 +32,10 @@ void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffus
                         ": model.name '" + model.name + "' has no feature cache (Skip-Cache needs "
                         "a skip-dit model); use sample.cache_interval=1");
     }
-    if (model.depth > 0 && (sample.cache_depth > model.depth / 2)) {
+    if (model.depth > 0 && sample.cache_depth >= model.depth / 2) {
       throw ConfigError("sample.cache_depth " + std::to_string(sample.cache_depth) +
-                        " must be at most half of model.depth " + std::to_string(model.depth));
+                        " must be below half of model.depth " + std::to_string(model.depth) +
+                        " (so that some blocks are skipped)");
     }
   }
   if (model.in_channels > 0 && sample.cfg_channels > model.in_channels) {

@@ -224,6 +224,25 @@ BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::
   return {head(run_blocks(e.tokens, e.cond), e.cond), {}, {}};
 }
 
+int64_t DiT::forward_macs() const { return dit_forward_macs(options_); }
+
+int64_t dit_forward_macs(const DiTOptions& o) {
+  const int64_t D = o.hidden_size, p = o.patch_size, grid = o.input_size / p;
+  const int64_t image_tokens = grid * grid, out = o.learn_sigma ? 2 * o.in_channels : o.in_channels;
+  const int64_t hidden = static_cast<int64_t>(D * o.mlp_ratio);
+  const int64_t T = o.conditioning == Conditioning::kInContext ? image_tokens + 2 : image_tokens;
+  // Per block: qkv, q k^T, attention x v, projection, MLP.
+  int64_t block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * hidden;
+  if (o.conditioning == Conditioning::kAdaLNZero) block += 6 * D * D;  // per sample
+  if (o.conditioning == Conditioning::kAdaLN) block += 4 * D * D;
+  if (o.conditioning == Conditioning::kCrossAttention) {
+    block += T * D * D + 2 * 2 * D * D + 2 * T * 2 * D + T * D * D;  // q, kv of 2, products, proj
+  }
+  const int64_t embed = image_tokens * D * o.in_channels * p * p + (256 * D + D * D);
+  const int64_t final_layer = (is_adaptive(o.conditioning) ? 2 * D * D : 0) + image_tokens * D * p * p * out;
+  return o.depth * block + embed + final_layer;
+}
+
 BackboneShape DiT::shape() const {
   const auto& o = options_;
   return {o.input_size, o.in_channels, o.learn_sigma ? 2 * o.in_channels : o.in_channels,

@@ -66,12 +66,16 @@ class FinalLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FinalLayer);
 
+// Backbone::forward_macs() of the DiT these options describe, without building it.
+int64_t dit_forward_macs(const DiTOptions& options);
+
 class DiT : public Backbone {
  public:
   explicit DiT(const DiTOptions& options);
 
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   BackboneShape shape() const override;
+  int64_t forward_macs() const override;
   const DiTOptions& options() const { return options_; }
 
   // The official initialisation (DiT.initialize_weights).

@@ -63,6 +63,13 @@ at::Tensor SkipDiT::run(at::Tensor x, const at::Tensor& cond, CacheUse use) {
   return x;
 }
 
+int64_t SkipDiT::forward_macs() const {
+  const auto& o = options();
+  const int64_t grid = o.input_size / o.patch_size;
+  const int64_t tokens = grid * grid + (o.conditioning == Conditioning::kInContext ? 2 : 0);
+  return DiT::forward_macs() + (o.depth / 2) * tokens * 2 * o.hidden_size * o.hidden_size;
+}
+
 at::Tensor SkipDiT::run_blocks(at::Tensor tokens, const at::Tensor& cond) {
   return run(std::move(tokens), cond, CacheUse::kNone);
 }
@@ -86,10 +93,11 @@ void SkipDiT::begin_sampling(const SamplingCache& cache) {
   if (cache.interval < 1) {
     throw ConfigError("sample.cache_interval " + std::to_string(cache.interval) + " must be >= 1");
   }
-  if (cache.interval > 1 && (cache.depth < 1 || cache.depth > half)) {
+  // At half the depth no block would be skipped: the cache would only add staleness.
+  if (cache.interval > 1 && (cache.depth < 1 || cache.depth >= half)) {
     throw ConfigError("sample.cache_depth " + std::to_string(cache.depth) + " must be within 1.." +
-                      std::to_string(half) + " (half of model.depth " +
-                      std::to_string(2 * half) + ")");
+                      std::to_string(half - 1) + " (below half of model.depth " +
+                      std::to_string(2 * half) + ", so that some blocks are skipped)");
   }
   cache_options_ = cache;
   caching_ = cache.interval > 1;

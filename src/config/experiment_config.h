@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace ditlab {
 
@@ -13,7 +14,8 @@ struct ModelConfig {
   int64_t hidden_size = 0;
   int64_t num_heads = 0;
   int64_t patch_size = 0;
-  double mlp_ratio = 4.0;
+  double mlp_ratio = 0.0;             // 0: the family's default (dit 4, u-dit 2)
+  std::vector<int64_t> level_depths;  // u-dit: blocks per level; empty: the preset's
   int64_t input_size = 0;   // 0: from the dataset (image size / autoencoder downsampling)
   int64_t in_channels = 0;  // 0: from the dataset
   int64_t num_classes = 0;  // 0: from the dataset

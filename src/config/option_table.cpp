@@ -119,6 +119,34 @@ OptionSpec string_option(const char* key, Accessor<std::string> field,
   return {key, "string", range, std::move(help), set, get};
 }
 
+// A YAML sequence of integers, each within [lo, hi]; [] means "the preset's".
+OptionSpec int_list_option(const char* key, Accessor<std::vector<int64_t>> field, int64_t lo,
+                           int64_t hi, std::string help) {
+  const std::string range = "a list of integers >= " + std::to_string(lo) + ", or [] for the preset's";
+  auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
+    if (!v.IsSequence()) bad_value(key, v, src, range);
+    std::vector<int64_t> values;
+    for (const auto& item : v) {
+      int64_t parsed = 0;
+      try {
+        if (!item.IsScalar()) throw YAML::BadConversion(YAML::Mark());
+        parsed = item.as<int64_t>();
+      } catch (const YAML::Exception&) {
+        bad_value(key, v, src, range);
+      }
+      if (parsed < lo || parsed > hi) bad_value(key, v, src, range);
+      values.push_back(parsed);
+    }
+    field(c) = values;
+  };
+  auto get = [=](const ExperimentConfig& c) {
+    std::string out = "[";
+    for (int64_t v : field(const_cast<ExperimentConfig&>(c))) out += (out.size() > 1 ? ", " : "") + std::to_string(v);
+    return out + "]";
+  };
+  return {key, "int list", range, std::move(help), set, get};
+}
+
 // A file path that may be empty (or null): "" means none.
 OptionSpec optional_path_option(const char* key, Accessor<std::string> field, std::string help) {
   auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
@@ -148,7 +176,10 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(model.hidden_size), 0, kNoMax, "Token width D; 0 = preset's"),
       int_option(FIELD(model.num_heads), 0, kNoMax, "Attention heads; 0 = preset's"),
       int_option(FIELD(model.patch_size), 0, kNoMax, "Patch size p; 0 = preset's"),
-      float_option(FIELD(model.mlp_ratio), 0, kInf, true, "MLP hidden width / D"),
+      float_option(FIELD(model.mlp_ratio), 0, kInf, false,
+                   "MLP hidden width / D; 0 = the family's (dit 4, u-dit 2)"),
+      int_list_option(FIELD(model.level_depths), 0, 1024,
+                      "u-dit: blocks per level [enc1, enc2, latent, dec2, dec1]; [] = preset's"),
       int_option(FIELD(model.input_size), 0, kNoMax,
                  "Spatial size of the backbone's input; 0 = from the data"),
       int_option(FIELD(model.in_channels), 0, kNoMax, "Input channels; 0 = from the data"),

@@ -178,3 +178,22 @@ TEST_CASE("EMA follows shadow = d * shadow + (1 - d) * model, with optional warm
   CHECK(Ema::decay_at(1000000, 0.995, true) == 0.995);
   CHECK(Ema::decay_at(0, 0.9999, false) == 0.9999);
 }
+
+TEST_CASE("U-DiT trains on the shared trainer and samples with guidance", "[trainer]") {
+  TempDir dir("train");
+  auto run = dir / "udit";
+  auto config = load_experiment_config(
+      ditlab::testing::source_dir() + "/configs/debug/u-dit.yaml",
+      {"run.dir=" + run, "train.steps=30", "train.log_every=10", "sample.num_per_class=1",
+       "sample.steps=4"});
+  auto summary = train(config);
+  INFO("first " << summary.first_loss << " last " << summary.last_loss);
+  CHECK(summary.last_loss < 0.8 * summary.first_loss);
+  auto weights = read_safetensors(run + "/ema.safetensors").tensors;
+  CHECK(weights.count("latent.0.attn2.logit_scale") == 1);
+#ifdef DITLAB_WITH_OPENCV
+  CHECK(std::filesystem::exists(run + "/samples.png"));
+#else
+  CHECK(std::filesystem::exists(run + "/samples.safetensors"));
+#endif
+}

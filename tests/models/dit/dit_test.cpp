@@ -253,7 +253,7 @@ TEST_CASE("the registry resolves presets, fills sizes and lists names on a miss"
     CHECK_THAT(e.what(), Catch::Contains("DiT-XL/2"));
   }
   auto family = preset("dit");
-  CHECK_THROWS_WITH(resolve_model_config(family), Catch::Contains("model.depth"));
+  CHECK_THROWS_WITH(resolve_model_config(family), Catch::Contains("model.hidden_size is not set"));
   auto bad = tiny();
   bad.input_size = 9;
   CHECK_THROWS_WITH(build_backbone(bad), Catch::Contains("not divisible"));
@@ -266,4 +266,33 @@ TEST_CASE("a wrong input shape is a ShapeError, not a crash", "[dit]") {
   auto model = build_backbone(tiny());
   CHECK_THROWS_AS(model->forward(at::randn({1, 4, 8, 8}), at::tensor({1}), at::tensor({0})), ShapeError);
   CHECK_THROWS_AS(model->forward(at::randn({1, 3, 16, 16}), at::tensor({1}), at::tensor({0})), ShapeError);
+}
+
+TEST_CASE("DiT MACs match the paper's Gflops for every preset it reports", "[dit]") {
+  // The DiT paper (and the spec's table) at 256x256: a 32x32x4 latent, learned sigma.
+  const std::pair<const char*, double> table[] = {
+      {"DiT-S/8", 0.36}, {"DiT-S/4", 1.41}, {"DiT-S/2", 6.06},  {"DiT-B/2", 23.01},
+      {"DiT-L/4", 19.70}, {"DiT-L/2", 80.71}, {"DiT-XL/2", 118.64}};
+  for (const auto& [name, paper] : table) {
+    auto c = resolve_model_config(preset(name));
+    DiTOptions o;
+    o.depth = c.depth;
+    o.hidden_size = c.hidden_size;
+    o.num_heads = c.num_heads;
+    o.patch_size = c.patch_size;
+    CAPTURE(name);
+    // Within the paper's rounding (two decimals) plus what its counter adds for norms (<0.05%).
+    CHECK(std::abs(dit_forward_macs(o) / 1e9 - paper) < 0.005 + 5e-4 * paper);
+  }
+  // The built model reports the same count.
+  auto model = build_backbone(tiny());
+  DiTOptions o;
+  o.depth = 2;
+  o.hidden_size = 32;
+  o.num_heads = 2;
+  o.patch_size = 2;
+  o.input_size = 8;
+  o.in_channels = 3;
+  o.num_classes = 5;
+  CHECK(model->forward_macs() == dit_forward_macs(o));
 }

@@ -168,6 +168,7 @@ TEST_CASE("Skip-Cache reuses the deep feature between full steps and clears at s
   CHECK(at::allclose(model->forward(x2, t(480), y).out, reference_forward(*model, x2, t(480), y),
                      1e-5, 1e-5));
   CHECK_THROWS_WITH(model->begin_sampling({2, 5}), Catch::Contains("sample.cache_depth 5"));
+  CHECK_THROWS_WITH(model->begin_sampling({2, 4}), Catch::Contains("below half"));
   // DiT has no cache.
   ModelConfig dit = tiny_skip();
   dit.name = "dit";

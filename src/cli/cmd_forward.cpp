@@ -26,6 +26,7 @@ int run_forward(int argc, char** argv) {
              {"hidden-size", "width (family names only)"},
              {"num-heads", "heads (family names only)"},
              {"patch-size", "patch size (family names only)"},
+             {"level-depths", "u-dit blocks per level, e.g. 1,1,2,1,1 (family name only)"},
              {"conditioning", "adaln_zero (default), adaln, cross_attention, in_context"},
              {"cfg-scale", "if given, run forward_with_cfg with this scale"},
              {"cfg-channels", "guided channels for --cfg-scale (0 = all noise channels)"}},
@@ -42,6 +43,19 @@ int run_forward(int argc, char** argv) {
   mc.hidden_size = args.get_int("hidden-size", 0);
   mc.num_heads = args.get_int("num-heads", 0);
   mc.patch_size = args.get_int("patch-size", 0);
+  const std::string levels = args.get_or("level-depths", "");
+  for (size_t start = 0; start < levels.size();) {
+    const size_t comma = std::min(levels.find(',', start), levels.size());
+    const std::string item = levels.substr(start, comma - start);
+    try {
+      size_t used = 0;
+      mc.level_depths.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw UsageError("--level-depths '" + levels + "': expected integers separated by commas");
+    }
+    start = comma + 1;
+  }
   mc.conditioning = args.get_or("conditioning", mc.conditioning);
   auto model = build_backbone(mc);
   load_weights(*model, args.require("weights"));

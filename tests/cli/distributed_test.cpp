@@ -80,6 +80,27 @@ TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole b
   CHECK_THAT(read_file(dir / "serial.log"), Catch::Contains("overlap off"));
 }
 
+TEST_CASE("Skip-DiT and U-DiT train the same on 2 ranks as on 1", "[distributed]") {
+  for (const char* backbone : {"skip-dit", "u-dit"}) {
+    TempDir dir("ddp");
+    const std::string config = ditlab::testing::source_dir() + "/configs/debug/" + backbone + ".yaml";
+    auto command = [&](const std::string& run) {
+      return ditlab::testing::dit_binary() + " train --config " + config +
+             " sample.at_end=false train.steps=4 train.log_every=2 run.dir=" + (dir / run);
+    };
+    REQUIRE(run_command(command("one"), dir / "one.log") == 0);
+    REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29635 -- " +
+                            command("two"),
+                        dir / "two.log") == 0);
+    auto one = read_safetensors(dir / "one/model.safetensors").tensors;
+    auto two = read_safetensors(dir / "two/model.safetensors").tensors;
+    double max_diff = 0;
+    for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+    INFO(backbone << ": max |1 rank - 2 ranks| = " << max_diff);
+    CHECK(max_diff < 1e-4);
+  }
+}
+
 TEST_CASE("a bf16 gradient all-reduce the backend cannot do is a clear error", "[distributed]") {
   TempDir dir("ddp");
   const int code = run_command(

@@ -15,6 +15,7 @@ struct Preset {
   std::string family;
   int64_t depth, hidden_size, num_heads, patch_size;
   std::vector<int64_t> level_depths;  // u-dit
+  int64_t num_experts = 0, experts_per_token = 0;  // dit-moe
 };
 
 const std::vector<Preset>& presets() {
@@ -35,6 +36,12 @@ const std::vector<Preset>& presets() {
                          size.depth, size.hidden_size, size.num_heads, patch, {}});
         }
       }
+    }
+    // The DiT-MoE paper's Table 1 (DiT sizes at patch 2, E experts, 2 active).
+    for (const auto& [size, experts] : {std::pair<Size, int64_t>{sizes[0], 8}, {sizes[0], 16},
+                                        {sizes[1], 8}, {sizes[2], 8}, {sizes[3], 8}}) {
+      out.push_back({std::string("DiT-MoE-") + size.name + "/2-" + std::to_string(experts) + "E2A",
+                     "dit-moe", size.depth, size.hidden_size, size.num_heads, 2, {}, experts, 2});
     }
     // The U-DiT paper's sizes (widths C, 2C, 4C per level; the same heads at every level).
     for (const auto& [name, width, heads] : {std::tuple<const char*, int64_t, int64_t>{"U-DiT-S", 96, 4},
@@ -59,6 +66,10 @@ DiTOptions dit_options(const ModelConfig& c) {
   o.learn_sigma = c.learn_sigma;
   o.with_null_class = c.class_dropout_prob > 0.0;
   o.conditioning = parse_conditioning(c.conditioning);
+  o.moe.num_experts = c.moe.num_experts;
+  o.moe.experts_per_token = c.moe.experts_per_token;
+  o.moe.capacity_factor = c.moe.capacity_factor;
+  o.moe.aux_loss_weight = c.moe.aux_loss_weight;
   return o;
 }
 
@@ -102,6 +113,7 @@ struct Family {
 const std::vector<Family>& families() {
   static const std::vector<Family> table = {{"dit", build_dit, Shape::kTokens, 4.0, false},
                                             {"skip-dit", build_skip_dit, Shape::kTokens, 4.0, true},
+                                            {"dit-moe", build_dit, Shape::kTokens, 4.0, false},
                                             {"u-dit", build_udit, Shape::kLevels, 2.0, false}};
   return table;
 }
@@ -142,6 +154,19 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
     if (c.num_heads == 0) c.num_heads = preset->num_heads;
     if (c.patch_size == 0) c.patch_size = preset->patch_size;
     if (c.level_depths.empty()) c.level_depths = preset->level_depths;
+    if (c.moe.num_experts == 0) c.moe.num_experts = preset->num_experts;
+    if (c.moe.experts_per_token == 0) c.moe.experts_per_token = preset->experts_per_token;
+  }
+  const bool moe_family = std::string(family.name) == "dit-moe";
+  if (moe_family) {
+    if (c.moe.experts_per_token == 0) c.moe.experts_per_token = 2;
+    if (c.moe.num_experts < 1) {
+      throw ConfigError("model.moe.num_experts is not set: model.name '" + c.name +
+                        "' needs routed experts (or use a preset such as DiT-MoE-S/2-8E2A)");
+    }
+  } else if (c.moe.num_experts != 0 || c.moe.experts_per_token != 0) {
+    throw ConfigError("model.moe.* does not apply to model.name '" + c.name + "' (" + family.name +
+                      "); use a dit-moe model for experts");
   }
   if (c.mlp_ratio == 0.0) c.mlp_ratio = family.default_mlp_ratio;
   const std::string example = family.shape == Shape::kTokens ? "DiT-S/2" : "U-DiT-S";

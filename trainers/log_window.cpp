@@ -12,7 +12,8 @@ LogWindow::LogWindow()
       start_(std::chrono::steady_clock::now()) {}
 
 void LogWindow::add(const at::Tensor& loss_sum, const at::Tensor& mse_sum, const at::Tensor& vb_sum,
-                    const at::Tensor& grad_norm, int64_t images) {
+                    const at::Tensor& grad_norm, int64_t images,
+                    const std::map<std::string, at::Tensor>& extras) {
   auto accumulate = [](at::Tensor& total, const at::Tensor& value) {
     total = total.to(value.device()) + value.to(at::kDouble);
   };
@@ -20,6 +21,14 @@ void LogWindow::add(const at::Tensor& loss_sum, const at::Tensor& mse_sum, const
   accumulate(mse_sum_, mse_sum);
   accumulate(vb_sum_, vb_sum);
   accumulate(grad_norm_sum_, grad_norm);
+  for (const auto& [name, value] : extras) {
+    auto it = extra_sums_.find(name);
+    if (it == extra_sums_.end()) {
+      extra_sums_[name] = value.to(at::kDouble);
+    } else {
+      accumulate(it->second, value);
+    }
+  }
   steps_ += 1;
   images_ += images;
 }
@@ -29,7 +38,7 @@ std::vector<std::pair<std::string, double>> LogWindow::record(int64_t step, int6
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double images = static_cast<double>(images_), steps = static_cast<double>(steps_);
-  return {{"step", static_cast<double>(step)},
+  std::vector<std::pair<std::string, double>> out = {{"step", static_cast<double>(step)},
           {"epoch", static_cast<double>(epoch)},
           {"loss", loss_sum_.item<double>() / images},
           {"mse", mse_sum_.item<double>() / images},
@@ -38,16 +47,29 @@ std::vector<std::pair<std::string, double>> LogWindow::record(int64_t step, int6
           {"lr", lr},
           {"steps_per_sec", steps / seconds},
           {"images_per_sec", images / seconds}};
+  for (const auto& [name, sum] : extra_sums_) {
+    auto mean = (sum / steps).to(at::kCPU).reshape({-1});
+    if (sum.dim() == 0) {
+      out.emplace_back(name, mean.item<double>());
+    } else {
+      for (int64_t i = 0; i < mean.numel(); ++i) {
+        out.emplace_back(name + "." + std::to_string(i), mean[i].item<double>());
+      }
+    }
+  }
+  return out;
 }
 
 std::map<std::string, at::Tensor> LogWindow::to_tensors() const {
   auto cpu = [](const at::Tensor& t) { return t.to(at::kCPU); };
-  return {{"window.loss_sum", cpu(loss_sum_)},
-          {"window.mse_sum", cpu(mse_sum_)},
-          {"window.vb_sum", cpu(vb_sum_)},
-          {"window.grad_norm_sum", cpu(grad_norm_sum_)},
-          {"window.steps", at::tensor(steps_, at::kLong)},
-          {"window.images", at::tensor(images_, at::kLong)}};
+  std::map<std::string, at::Tensor> out = {{"window.loss_sum", cpu(loss_sum_)},
+                                           {"window.mse_sum", cpu(mse_sum_)},
+                                           {"window.vb_sum", cpu(vb_sum_)},
+                                           {"window.grad_norm_sum", cpu(grad_norm_sum_)},
+                                           {"window.steps", at::tensor(steps_, at::kLong)},
+                                           {"window.images", at::tensor(images_, at::kLong)}};
+  for (const auto& [name, sum] : extra_sums_) out["window.extra." + name] = cpu(sum);
+  return out;
 }
 
 void LogWindow::from_tensors(const std::map<std::string, at::Tensor>& t) {
@@ -57,6 +79,11 @@ void LogWindow::from_tensors(const std::map<std::string, at::Tensor>& t) {
   grad_norm_sum_ = t.at("window.grad_norm_sum");
   steps_ = t.at("window.steps").item<int64_t>();
   images_ = t.at("window.images").item<int64_t>();
+  extra_sums_.clear();
+  const std::string prefix = "window.extra.";
+  for (const auto& [name, value] : t) {
+    if (name.rfind(prefix, 0) == 0) extra_sums_[name.substr(prefix.size())] = value;
+  }
   start_ = std::chrono::steady_clock::now();
 }
 

@@ -38,6 +38,9 @@ namespace {
 // Sums over one step's global batch (all micro-batches), on the device.
 struct StepLosses {
   at::Tensor loss, mse, vb;
+  // The backbone's auxiliary loss (mean over micro-batches and ranks, as it enters the
+  // objective) and its metrics (summed over micro-batches and ranks), for the log.
+  std::map<std::string, at::Tensor> extras;
 };
 
 // Everything one training run holds; run() is the loop.
@@ -206,12 +209,14 @@ class Trainer {
 
       GaussianDiffusion::Losses losses;
       at::Tensor aux_loss;
+      std::map<std::string, at::Tensor> metrics;
       {
         compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_);
         auto x_t = diffusion_.q_sample(x0, t, noise);
         BackboneOutput out = model_->forward(x_t, diffusion_.model_timesteps(t), y);
         losses = diffusion_.losses_from_output(out.out, x0, x_t, t, noise);
         aux_loss = out.aux_loss;
+        metrics = std::move(out.metrics);
       }
       // Sum over the micro-batch / global batch: the gradient equals that of the global mean.
       auto loss = losses.loss.sum() / static_cast<double>(tc_.global_batch_size);
@@ -225,17 +230,32 @@ class Trainer {
       sums.loss = sums.loss + losses.loss.detach().sum();
       sums.mse = sums.mse + losses.mse.detach().sum();
       sums.vb = sums.vb + losses.vb.detach().sum();
+      const double share = 1.0 / static_cast<double>(tc_.grad_accum_steps * communicator_.world_size());
+      if (aux_loss.defined()) metrics["aux_loss"] = aux_loss.detach() * share;
+      for (auto& [name, value] : metrics) {
+        auto& total = sums.extras[name];
+        auto v = value.detach().to(device_, at::kDouble);
+        total = total.defined() ? total + v : v;
+      }
     }
     reducer_.reduce();
     // One small all-reduce carries the loss sums and whether any rank was asked to stop, so
     // every rank takes the same decisions (skip a step, stop) from the same numbers.
-    at::Tensor shared = at::stack({sums.loss, sums.mse, sums.vb,
-                                   at::full({}, StopSignals::requested() != 0 ? 1.0 : 0.0,
-                                            sums.loss.options())});
+    // The extras ride along (every rank has the same names: the same backbone on every rank).
+    std::vector<at::Tensor> pieces = {sums.loss.view({1}), sums.mse.view({1}), sums.vb.view({1}),
+                                      at::full({1}, StopSignals::requested() != 0 ? 1.0 : 0.0,
+                                               sums.loss.options())};
+    for (const auto& [name, value] : sums.extras) pieces.push_back(value.to(sums.loss.scalar_type()).reshape({-1}));
+    at::Tensor shared = at::cat(pieces);
     communicator_.all_reduce_sum(shared);
-    sums = {shared[0], shared[1], shared[2]};
+    StepLosses reduced{shared[0], shared[1], shared[2], {}};
+    int64_t offset = 4;
+    for (const auto& [name, value] : sums.extras) {
+      reduced.extras[name] = shared.narrow(0, offset, value.numel()).view(value.sizes());
+      offset += value.numel();
+    }
     stop_requested_ = shared[3].item<double>() > 0;
-    return sums;
+    return reduced;
   }
 
   // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite (one
@@ -256,7 +276,7 @@ class Trainer {
     bad_steps_ = 0;
     optimizer_.step();
     if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
-    window_.add(losses.loss, losses.mse, losses.vb, grad_norm, tc_.global_batch_size);
+    window_.add(losses.loss, losses.mse, losses.vb, grad_norm, tc_.global_batch_size, losses.extras);
   }
 
   void log(int64_t done, ProgressBar& bar, TrainSummary& summary) {
@@ -269,8 +289,12 @@ class Trainer {
     if (summary.first_loss == 0.0) summary.first_loss = loss;
     summary.last_loss = loss;
     bar.clear();
-    spdlog::info("step {}/{}  loss {:.4f}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s", done,
-                 tc_.steps, loss, record[5].second, record[7].second, record[8].second);
+    std::string aux;
+    for (const auto& [name, value] : record) {
+      if (name == "aux_loss") aux = fmt::format("  aux_loss {:.4f}", value);
+    }
+    spdlog::info("step {}/{}  loss {:.4f}{}  grad_norm {:.3f}  {:.2f} steps/s  {:.0f} img/s", done,
+                 tc_.steps, loss, aux, record[5].second, record[7].second, record[8].second);
   }
 
   // Rank 0 writes the checkpoint; the other ranks hold the same state.

@@ -47,7 +47,7 @@ torch::nn::Sequential modulation(int64_t dim, int64_t chunks) {
 }  // namespace
 
 DiTBlockImpl::DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ratio,
-                           Conditioning conditioning)
+                           Conditioning conditioning, const MoeOptions& moe_options)
     : conditioning(conditioning) {
   if (!is_adaptive(conditioning)) norm1 = register_module("norm1", affine_norm(hidden_size));
   attn = register_module("attn", Attention(hidden_size, num_heads));
@@ -56,7 +56,11 @@ DiTBlockImpl::DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ra
     cross_attn = register_module("cross_attn", CrossAttention(hidden_size, num_heads));
   }
   if (!is_adaptive(conditioning)) norm2 = register_module("norm2", affine_norm(hidden_size));
-  mlp = register_module("mlp", Mlp(hidden_size, static_cast<int64_t>(hidden_size * mlp_ratio)));
+  if (moe_options.num_experts > 0) {
+    moe = register_module("moe", SparseMoe(hidden_size, mlp_ratio, moe_options));
+  } else {
+    mlp = register_module("mlp", Mlp(hidden_size, static_cast<int64_t>(hidden_size * mlp_ratio)));
+  }
   if (conditioning == Conditioning::kAdaLNZero) {
     adaLN_modulation = register_module("adaLN_modulation", modulation(hidden_size, 6));
   } else if (conditioning == Conditioning::kAdaLN) {
@@ -70,22 +74,22 @@ at::Tensor DiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& cond) {
       // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp: each [N, D]
       auto m = adaLN_modulation->forward(cond).chunk(6, 1);
       auto h = x + m[2].unsqueeze(1) * attn->forward(modulate(plain_norm(x), m[0], m[1]));
-      return h + m[5].unsqueeze(1) * mlp->forward(modulate(plain_norm(h), m[3], m[4]));
+      return h + m[5].unsqueeze(1) * feed_forward(modulate(plain_norm(h), m[3], m[4]));
     }
     case Conditioning::kAdaLN: {
       // The paper's adaLN: shift and scale regressed from c, no gates.
       auto m = adaLN_modulation->forward(cond).chunk(4, 1);
       auto h = x + attn->forward(modulate(plain_norm(x), m[0], m[1]));
-      return h + mlp->forward(modulate(plain_norm(h), m[2], m[3]));
+      return h + feed_forward(modulate(plain_norm(h), m[2], m[3]));
     }
     case Conditioning::kCrossAttention: {
       auto h = x + attn->forward(norm1->forward(x));
       h = h + cross_attn->forward(norm_cross->forward(h), cond);
-      return h + mlp->forward(norm2->forward(h));
+      return h + feed_forward(norm2->forward(h));
     }
     case Conditioning::kInContext: {
       auto h = x + attn->forward(norm1->forward(x));
-      return h + mlp->forward(norm2->forward(h));
+      return h + feed_forward(norm2->forward(h));
     }
   }
   DITLAB_ASSERT(false, "unhandled conditioning");
@@ -135,7 +139,7 @@ DiT::DiT(const DiTOptions& o) : options_(o) {
                                  /*requires_grad=*/false);
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.depth; ++i) {
-    blocks->push_back(DiTBlock(o.hidden_size, o.num_heads, o.mlp_ratio, o.conditioning));
+    blocks->push_back(DiTBlock(o.hidden_size, o.num_heads, o.mlp_ratio, o.conditioning, o.moe));
   }
   final_layer = register_module(
       "final_layer",
@@ -148,8 +152,8 @@ void DiT::initialize_weights() {
   torch::NoGradGuard no_grad;
   for (auto& module : modules(/*include_self=*/false)) {
     if (auto* linear = module->as<torch::nn::Linear>()) {
-      init::xavier_uniform_(linear->weight);
-      init::zeros_(linear->bias);
+      init::xavier_uniform_(linear->weight);  // the MoE experts too; the router keeps kaiming
+      if (linear->bias.defined()) init::zeros_(linear->bias);
     }
   }
   // The patch embedding is initialised like a Linear over its flattened (C*p*p) inputs.
@@ -221,7 +225,41 @@ at::Tensor DiT::head(const at::Tensor& tokens, const at::Tensor& cond) {
 
 BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   Embedded e = embed(x, t, y);
-  return {head(run_blocks(e.tokens, e.cond), e.cond), {}, {}};
+  BackboneOutput out{head(run_blocks(e.tokens, e.cond), e.cond), {}, {}};
+  if (options_.moe.num_experts > 0) {
+    // The load-balancing losses of all layers, and each layer's tokens per expert.
+    for (size_t i = 0; i < blocks->size(); ++i) {
+      const MoeRouting& routing = blocks[i]->as<DiTBlockImpl>()->moe->last_routing();
+      if (routing.aux_loss.defined()) {
+        out.aux_loss = out.aux_loss.defined() ? out.aux_loss + routing.aux_loss : routing.aux_loss;
+      }
+      out.metrics["moe_tokens_per_expert." + std::to_string(i)] = routing.tokens_per_expert;
+    }
+  }
+  return out;
+}
+
+int64_t dit_parameter_count(const DiTOptions& o, bool active_only) {
+  const int64_t D = o.hidden_size, p = o.patch_size, grid = o.input_size / p, C = o.in_channels;
+  const int64_t out = o.learn_sigma ? 2 * C : C, hidden = static_cast<int64_t>(D * o.mlp_ratio);
+  const bool adaptive = is_adaptive(o.conditioning);
+  int64_t block = (3 * D * D + 3 * D) + (D * D + D);  // qkv, proj
+  if (o.moe.num_experts > 0) {
+    const int64_t experts = active_only ? o.moe.experts_per_token : o.moe.num_experts;
+    block += o.moe.num_experts * D + experts * 3 * D * hidden + 3 * D * 2 * D;
+  } else {
+    block += (D * hidden + hidden) + (hidden * D + D);
+  }
+  if (o.conditioning == Conditioning::kAdaLNZero) block += 6 * D * D + 6 * D;
+  if (o.conditioning == Conditioning::kAdaLN) block += 4 * D * D + 4 * D;
+  if (!adaptive) block += 2 * 2 * D;  // norm1, norm2 (affine)
+  if (o.conditioning == Conditioning::kCrossAttention) {
+    block += 2 * D + (D * D + D) + (2 * D * D + 2 * D) + (D * D + D);  // norm, q, kv, proj
+  }
+  const int64_t embedders = (C * p * p * D + D) + (256 * D + D + D * D + D) +
+                            (o.num_classes + (o.with_null_class ? 1 : 0)) * D;
+  const int64_t final_layer = (adaptive ? 2 * D * D + 2 * D : 2 * D) + (D * p * p * out + p * p * out);
+  return embedders + grid * grid * D + o.depth * block + final_layer;
 }
 
 int64_t DiT::forward_macs() const { return dit_forward_macs(options_); }
@@ -231,8 +269,12 @@ int64_t dit_forward_macs(const DiTOptions& o) {
   const int64_t image_tokens = grid * grid, out = o.learn_sigma ? 2 * o.in_channels : o.in_channels;
   const int64_t hidden = static_cast<int64_t>(D * o.mlp_ratio);
   const int64_t T = o.conditioning == Conditioning::kInContext ? image_tokens + 2 : image_tokens;
-  // Per block: qkv, q k^T, attention x v, projection, MLP.
-  int64_t block = T * D * 3 * D + 2 * T * T * D + T * D * D + 2 * T * D * hidden;
+  // Per block: qkv, q k^T, attention x v, projection, MLP (MoE: router, k experts, shared).
+  const int64_t mlp = o.moe.num_experts > 0
+                          ? T * (D * o.moe.num_experts + o.moe.experts_per_token * 3 * D * hidden +
+                                 3 * D * 2 * D)
+                          : 2 * T * D * hidden;
+  int64_t block = T * D * 3 * D + 2 * T * T * D + T * D * D + mlp;
   if (o.conditioning == Conditioning::kAdaLNZero) block += 6 * D * D;  // per sample
   if (o.conditioning == Conditioning::kAdaLN) block += 4 * D * D;
   if (o.conditioning == Conditioning::kCrossAttention) {

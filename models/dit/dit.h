@@ -12,6 +12,7 @@
 #include <string>
 
 #include "models/backbone.h"
+#include "models/dit_moe/sparse_moe.h"
 #include "models/layers/attention.h"
 #include "models/layers/embeddings.h"
 
@@ -33,23 +34,31 @@ struct DiTOptions {
   bool learn_sigma = true;
   bool with_null_class = true;  // the extra embedding row for guidance (label dropout > 0)
   Conditioning conditioning = Conditioning::kAdaLNZero;
+  MoeOptions moe;  // num_experts > 0: DiT-MoE (every block's MLP is a sparse MoE layer)
 };
 
 // One transformer block under any conditioning variant. adaLN-Zero is the official DiTBlock.
 class DiTBlockImpl : public torch::nn::Module {
  public:
-  DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ratio, Conditioning conditioning);
+  DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ratio, Conditioning conditioning,
+               const MoeOptions& moe = {});
   // x [N, T, D]; c [N, D] (adaLN variants) or context [N, 2, D] (cross-attention); in-context
   // blocks ignore `cond` (the condition tokens are part of x).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cond);
 
   Conditioning conditioning;
   Attention attn{nullptr};
-  Mlp mlp{nullptr};
+  Mlp mlp{nullptr};                                         // dense blocks
+  SparseMoe moe{nullptr};                                   // DiT-MoE blocks (key "moe")
   torch::nn::Sequential adaLN_modulation{nullptr};          // adaLN variants
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};      // affine; non-adaLN variants
   torch::nn::LayerNorm norm_cross{nullptr};                 // cross-attention
   CrossAttention cross_attn{nullptr};                       // cross-attention
+
+ private:
+  at::Tensor feed_forward(const at::Tensor& x) {
+    return mlp.is_empty() ? moe->forward(x) : mlp->forward(x);
+  }
 };
 TORCH_MODULE(DiTBlock);
 
@@ -68,6 +77,9 @@ TORCH_MODULE(FinalLayer);
 
 // Backbone::forward_macs() of the DiT these options describe, without building it.
 int64_t dit_forward_macs(const DiTOptions& options);
+// Its parameter count (pos_embed included), without building it; `active_only` counts only the
+// experts a token uses (k routed + the shared one), as the DiT-MoE paper's "activated".
+int64_t dit_parameter_count(const DiTOptions& options, bool active_only = false);
 
 class DiT : public Backbone {
  public:

@@ -271,11 +271,8 @@ def str2bool(s):
     raise argparse.ArgumentTypeError("expected true/false, got %r" % s)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="DiT-S/4")
-    for k in ("depth", "hidden-size", "num-heads", "patch-size"):
-        ap.add_argument("--" + k, type=int, default=None, help="override the preset")
+def add_common_args(ap):
+    """The options every reference script shares (model-size options are added by each script)."""
     ap.add_argument("--input-size", type=int, default=16)
     ap.add_argument("--in-channels", type=int, default=4)
     ap.add_argument("--num-classes", type=int, default=10)
@@ -289,6 +286,26 @@ def main(argv=None):
     ap.add_argument("--cfg-scale", type=float, default=4.0)
     ap.add_argument("--cfg-channels", type=int, default=3)
     ap.add_argument("--out-expected-cfg", default=None)
+
+
+def make_inputs(a):
+    """x, t, y from the parsed common args; y[-1] is the null (CFG) class."""
+    # Inputs use their own generator so they do not depend on the model size.
+    g = torch.Generator().manual_seed(a.seed + 1)
+    N, C, H = a.batch, a.in_channels, a.input_size
+    x = torch.randn(N, C, H, H, generator=g, dtype=torch.float32)
+    t = torch.randint(0, 1000, (N,), generator=g, dtype=torch.int64)
+    y = torch.randint(0, a.num_classes + 1, (N,), generator=g, dtype=torch.int64)
+    y[-1] = a.num_classes  # make sure the null (CFG) class row is exercised
+    return x, t, y
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="DiT-S/4")
+    for k in ("depth", "hidden-size", "num-heads", "patch-size"):
+        ap.add_argument("--" + k, type=int, default=None, help="override the preset")
+    add_common_args(ap)
     a = ap.parse_args(argv)
 
     torch.set_num_threads(a.threads)
@@ -306,13 +323,7 @@ def main(argv=None):
     randomise(model, a.seed)
     save_safetensors({k: v.float() for k, v in model.state_dict().items()}, a.out_weights)
 
-    # Inputs use their own generator so they do not depend on the model size.
-    g = torch.Generator().manual_seed(a.seed + 1)
-    N, C, H = a.batch, a.in_channels, a.input_size
-    x = torch.randn(N, C, H, H, generator=g, dtype=torch.float32)
-    t = torch.randint(0, 1000, (N,), generator=g, dtype=torch.int64)
-    y = torch.randint(0, a.num_classes + 1, (N,), generator=g, dtype=torch.int64)
-    y[-1] = a.num_classes  # make sure the null (CFG) class row is exercised
+    x, t, y = make_inputs(a)
     save_safetensors({"x": x, "t": t, "y": y}, a.out_inputs)
 
     with torch.no_grad():

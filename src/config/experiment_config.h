@@ -8,6 +8,14 @@
 
 namespace ditlab {
 
+// DiT-MoE's sparse mixture of experts (model.moe.*).
+struct MoeConfig {
+  int64_t num_experts = 0;         // 0: the preset's (dit-moe), or dense (other families)
+  int64_t experts_per_token = 0;   // k; 0: the preset's, or 2
+  double capacity_factor = 0.0;    // 0: no limit (the official default)
+  double aux_loss_weight = 0.005;  // the paper's alpha (the official code uses 0.01)
+};
+
 struct ModelConfig {
   std::string name = "DiT-S/4";  // a preset (DiT-XL/2 ...) or a family name (dit)
   int64_t depth = 0;             // 0: take it from the preset
@@ -22,6 +30,7 @@ struct ModelConfig {
   bool learn_sigma = true;
   double class_dropout_prob = 0.1;
   std::string conditioning = "adaln_zero";
+  MoeConfig moe;
 };
 
 struct DiffusionConfig {

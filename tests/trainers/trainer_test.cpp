@@ -197,3 +197,31 @@ TEST_CASE("U-DiT trains on the shared trainer and samples with guidance", "[trai
   CHECK(std::filesystem::exists(run + "/samples.safetensors"));
 #endif
 }
+
+TEST_CASE("DiT-MoE trains and logs its load-balancing loss and expert loads", "[trainer]") {
+  TempDir dir("train");
+  auto run = dir / "moe";
+  auto config = load_experiment_config(
+      ditlab::testing::source_dir() + "/configs/debug/dit-moe.yaml",
+      {"run.dir=" + run, "train.steps=40", "train.log_every=10", "sample.at_end=false"});
+  auto summary = train(config);
+  INFO("first " << summary.first_loss << " last " << summary.last_loss);
+  CHECK(summary.last_loss < 0.8 * summary.first_loss);
+  auto metrics = lines(run + "/metrics.jsonl");
+  REQUIRE(metrics.size() == 4);
+  // The loss sums alpha * sum_i f_i P_i over the 2 layers; each term is alpha = 0.005 when
+  // balanced and grows with imbalance (at most alpha * E).
+  auto value_of = [](const std::string& line, const std::string& key) {
+    auto at = line.find("\"" + key + "\": ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(line.substr(at + key.size() + 4));
+  };
+  const double aux = value_of(metrics[0], "aux_loss");
+  CHECK(aux >= 2 * 0.005 * 0.99);
+  CHECK(aux < 2 * 0.005 * 4);
+  // Per layer and expert: tokens per step; 16 images x 64 tokens x 2 choices per layer.
+  double layer1 = 0;
+  for (int e = 0; e < 4; ++e) layer1 += value_of(metrics[0], "moe_tokens_per_expert.1." + std::to_string(e));
+  CHECK(layer1 == Approx(16 * 64 * 2));
+  CHECK_THAT(read_file(run + "/train.log"), Catch::Contains("aux_loss 0.0"));
+}

@@ -210,15 +210,15 @@ TEST_CASE("DiT-MoE trains and logs its load-balancing loss and expert loads", "[
   auto metrics = lines(run + "/metrics.jsonl");
   REQUIRE(metrics.size() == 4);
   // The loss sums alpha * sum_i f_i P_i over the 2 layers; each term is alpha = 0.005 when
-  // balanced and grows with imbalance (at most alpha * E).
+  // routing is uniform, and at most alpha * E / k (everything on k experts).
   auto value_of = [](const std::string& line, const std::string& key) {
     auto at = line.find("\"" + key + "\": ");
     REQUIRE(at != std::string::npos);
     return std::stod(line.substr(at + key.size() + 4));
   };
   const double aux = value_of(metrics[0], "aux_loss");
-  CHECK(aux >= 2 * 0.005 * 0.99);
-  CHECK(aux < 2 * 0.005 * 4);
+  CHECK(aux > 2 * 0.005 * 0.5);
+  CHECK(aux <= 2 * 0.005 * 4 / 2);
   // Per layer and expert: tokens per step; 16 images x 64 tokens x 2 choices per layer.
   double layer1 = 0;
   for (int e = 0; e < 4; ++e) layer1 += value_of(metrics[0], "moe_tokens_per_expert.1." + std::to_string(e));

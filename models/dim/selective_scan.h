@@ -1,0 +1,25 @@
+// The selective state-space scan of Mamba (v1), as DiM uses it, in plain LibTorch ops:
+//   h_l = exp(delta_l * A) h_{l-1} + delta_l * B_l * u_l        (h: [batch, d, n] per position)
+//   y_l = <C_l, h_l> + D * u_l
+// Shapes follow mamba_ssm's selective_scan_fn: u, delta [b, d, L]; A [d, n]; B, C [b, n, L];
+// D [d]. Returns y [b, d, L].
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace ditlab {
+
+// The definition, one position at a time (the reference the fast scan is tested against).
+at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delta,
+                                     const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                                     const at::Tensor& D);
+
+// Chunked: within chunks of `chunk` positions an associative (Hillis-Steele) scan over the
+// pairs (a, b) of h_l = a_l h_{l-1} + b_l, log2(chunk) whole-tensor steps; then the chunk
+// carries are combined sequentially (L / chunk small steps). Every factor is a product of
+// exp(delta * A) <= 1, so nothing overflows whatever delta is (unlike cumulative sums of
+// delta * A in log space). Differentiable by autograd; computed in fp32.
+at::Tensor selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                          const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                          int64_t chunk = 16);
+
+}  // namespace ditlab

@@ -1,0 +1,74 @@
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+
+#include "models/dim/selective_scan.h"
+#include "src/common/error.h"
+
+using namespace ditlab;
+
+namespace {
+struct ScanInputs {
+  at::Tensor u, delta, A, B, C, D;
+  std::vector<at::Tensor> all() const { return {u, delta, A, B, C, D}; }
+};
+
+ScanInputs random_inputs(int64_t batch, int64_t d, int64_t length, int64_t n, double delta_scale) {
+  ScanInputs in;
+  in.u = at::randn({batch, d, length});
+  in.delta = at::softplus(at::randn({batch, d, length})) * delta_scale;  // > 0, as in Mamba
+  in.A = -at::arange(1, n + 1, at::kFloat).repeat({d, 1});               // Mamba's -exp(A_log) init
+  in.B = at::randn({batch, n, length});
+  in.C = at::randn({batch, n, length});
+  in.D = at::ones({d});
+  for (auto* t : {&in.u, &in.delta, &in.A, &in.B, &in.C, &in.D}) t->requires_grad_(true);
+  return in;
+}
+
+std::vector<at::Tensor> gradients(const at::Tensor& y, const ScanInputs& in, const at::Tensor& weight) {
+  return torch::autograd::grad({(y * weight).sum()}, in.all());
+}
+}  // namespace
+
+TEST_CASE("the chunked selective scan equals the sequential definition, values and gradients",
+          "[dim]") {
+  torch::manual_seed(7);
+  // Lengths that do and do not fill the chunks; small and very large delta (the latter would
+  // overflow a log-space cumulative-sum scan).
+  for (const auto& [length, chunk, delta_scale] :
+       {std::tuple<int64_t, int64_t, double>{1, 16, 1.0}, {37, 16, 1.0}, {64, 16, 0.05},
+        {50, 8, 20.0}, {33, 64, 1.0}, {20, 1, 1.0}}) {
+    auto in = random_inputs(2, 3, length, 4, delta_scale);
+    auto reference = selective_scan_sequential(in.u, in.delta, in.A, in.B, in.C, in.D);
+    auto fast = selective_scan(in.u, in.delta, in.A, in.B, in.C, in.D, chunk);
+    CAPTURE(length, chunk, delta_scale);
+    REQUIRE(fast.sizes() == reference.sizes());
+    CHECK(at::isfinite(fast).all().item<bool>());
+    CHECK((fast - reference).abs().max().item<double>() < 1e-5 * (1 + reference.abs().max().item<double>()));
+    auto weight = at::randn(reference.sizes());
+    auto g_reference = gradients(reference, in, weight), g_fast = gradients(fast, in, weight);
+    for (size_t i = 0; i < g_reference.size(); ++i) {
+      CAPTURE(i);
+      const double scale = 1 + g_reference[i].abs().max().item<double>();
+      CHECK((g_fast[i] - g_reference[i]).abs().max().item<double>() < 1e-5 * scale);
+    }
+  }
+}
+
+TEST_CASE("the sequential scan follows the recurrence written by hand", "[dim]") {
+  // One channel, one state, length 3: h1 = d1 B1 u1; h2 = e^{d2 A} h1 + d2 B2 u2; ...
+  auto u = at::tensor({1.0f, 2.0f, -1.0f}).view({1, 1, 3});
+  auto delta = at::tensor({0.5f, 1.0f, 0.25f}).view({1, 1, 3});
+  auto A = at::tensor({-2.0f}).view({1, 1});
+  auto B = at::tensor({1.0f, 0.5f, 2.0f}).view({1, 1, 3});
+  auto C = at::tensor({3.0f, -1.0f, 0.5f}).view({1, 1, 3});
+  auto D = at::tensor({0.1f});
+  const double h1 = 0.5 * 1 * 1, h2 = std::exp(-2.0) * h1 + 1.0 * 0.5 * 2;
+  const double h3 = std::exp(-0.5) * h2 + 0.25 * 2 * -1;
+  auto y = selective_scan_sequential(u, delta, A, B, C, D);
+  CHECK(y[0][0][0].item<double>() == Approx(3 * h1 + 0.1));
+  CHECK(y[0][0][1].item<double>() == Approx(-1 * h2 + 0.2));
+  CHECK(y[0][0][2].item<double>() == Approx(0.5 * h3 - 0.1));
+  CHECK_THROWS_AS(selective_scan(u, delta, A, B.view({1, 3, 1}), C, D), ShapeError);
+}

@@ -23,6 +23,21 @@ MoeOptions moe_options(int64_t experts, int64_t k, double capacity = 0.0, double
   return o;
 }
 
+// A 2-block DiT-MoE with 4 experts on 8x8x3 inputs.
+ModelConfig tiny_moe() {
+  ModelConfig c;
+  c.name = "dit-moe";
+  c.depth = 2;
+  c.hidden_size = 32;
+  c.num_heads = 2;
+  c.patch_size = 2;
+  c.input_size = 8;
+  c.in_channels = 3;
+  c.num_classes = 5;
+  c.moe.num_experts = 4;
+  return c;
+}
+
 // The layer written as a loop over tokens: y_t = sum over its top-k experts of p * E(x_t) + S(x_t).
 at::Tensor naive_moe(SparseMoeImpl& moe, const at::Tensor& x) {
   auto tokens = x.reshape({-1, x.size(-1)});
@@ -146,42 +161,25 @@ TEST_CASE("DiT-MoE parameter counts match the paper, total and activated", "[dit
     CHECK(dit_parameter_count(o, true) / 1e6 == Approx(active).epsilon(tolerance + 0.01));
   }
   // The analytic count equals the built modules (a small DiT-MoE and a dense DiT).
-  ModelConfig small;
-  small.name = "dit-moe";
-  small.depth = 2;
-  small.hidden_size = 32;
-  small.num_heads = 2;
-  small.patch_size = 2;
-  small.input_size = 8;
-  small.in_channels = 3;
-  small.num_classes = 5;
-  small.moe.num_experts = 4;
+  ModelConfig small = tiny_moe();
   auto model = std::dynamic_pointer_cast<DiT>(build_backbone(small));
   REQUIRE(model);
-  int64_t built = 0;
-  for (const auto& p : model->parameters()) built += p.numel();
-  CHECK(dit_parameter_count(model->options()) == built);
+  auto count = [](const DiT& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  CHECK(dit_parameter_count(model->options()) == count(*model));
   small.name = "dit";
   small.moe.num_experts = 0;
   small.moe.experts_per_token = 0;
   auto dense = std::dynamic_pointer_cast<DiT>(build_backbone(small));
-  built = 0;
-  for (const auto& p : dense->parameters()) built += p.numel();
-  CHECK(dit_parameter_count(dense->options()) == built);
+  CHECK(dit_parameter_count(dense->options()) == count(*dense));
 }
 
 TEST_CASE("a DiT-MoE returns its load-balancing loss and expert loads, with official keys",
           "[dit_moe]") {
-  ModelConfig c;
-  c.name = "dit-moe";
-  c.depth = 2;
-  c.hidden_size = 32;
-  c.num_heads = 2;
-  c.patch_size = 2;
-  c.input_size = 8;
-  c.in_channels = 3;
-  c.num_classes = 5;
-  c.moe.num_experts = 4;
+  ModelConfig c = tiny_moe();
   auto model = build_backbone(c);
   auto keys = state_dict(*model);
   for (const char* key : {"blocks.1.moe.gate.weight", "blocks.0.moe.experts.3.down_proj.weight",

@@ -199,9 +199,12 @@ std::vector<OptionSpec> build_table() {
                    "dit-moe: load-balancing loss weight alpha (paper 0.005, official code 0.01)"),
 
       int_option(FIELD(diffusion.steps), 1, kNoMax, "Diffusion steps T"),
-      string_option(FIELD(diffusion.schedule), {"linear", "cosine"}, "Noise schedule"),
-      float_option(FIELD(diffusion.beta_start), 0, 1, true, "First beta of the linear schedule (at T=1000)"),
-      float_option(FIELD(diffusion.beta_end), 0, 1, true, "Last beta of the linear schedule (at T=1000)"),
+      string_option(FIELD(diffusion.schedule), {"linear", "scaled_linear", "cosine"},
+                    "Noise schedule (scaled_linear: Stable Diffusion's, DiM's recipe with betas 0.00085..0.012)"),
+      float_option(FIELD(diffusion.beta_start), 0, 1, true,
+                   "First beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
+      float_option(FIELD(diffusion.beta_end), 0, 1, true,
+                   "Last beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
 
       string_option(FIELD(data.name), {"fashion_mnist", "image_folder"}, "Dataset"),
       string_option(FIELD(data.path), {}, "Dataset location (folder)"),

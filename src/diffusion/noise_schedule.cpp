@@ -19,6 +19,14 @@ std::vector<double> make_betas(const std::string& schedule, int64_t num_timestep
       betas[i] = num_timesteps == 1 ? lo : lo + (hi - lo) * static_cast<double>(i) /
                                                     static_cast<double>(num_timesteps - 1);
     }
+  } else if (schedule == "scaled_linear") {
+    // Stable Diffusion's (DiM's recipe): linear in sqrt(beta), no rescaling with T.
+    const double lo = std::sqrt(beta_start), hi = std::sqrt(beta_end);
+    for (int64_t i = 0; i < num_timesteps; ++i) {
+      const double s = num_timesteps == 1 ? lo : lo + (hi - lo) * static_cast<double>(i) /
+                                                         static_cast<double>(num_timesteps - 1);
+      betas[i] = s * s;
+    }
   } else if (schedule == "cosine") {
     auto alpha_bar = [](double t) {
       return std::pow(std::cos((t + 0.008) / 1.008 * M_PI / 2.0), 2.0);
@@ -29,7 +37,7 @@ std::vector<double> make_betas(const std::string& schedule, int64_t num_timestep
       betas[i] = std::min(1.0 - alpha_bar(t2) / alpha_bar(t1), 0.999);
     }
   } else {
-    throw ConfigError("diffusion.schedule '" + schedule + "' is unknown; expected linear or cosine");
+    throw ConfigError("diffusion.schedule '" + schedule + "' is unknown; expected linear, scaled_linear or cosine");
   }
   return betas;
 }

@@ -19,6 +19,20 @@ GaussianDiffusion linear_diffusion(bool learn_sigma = true) {
 at::Tensor steps(std::vector<int64_t> t) { return at::tensor(t, at::kLong); }
 }  // namespace
 
+TEST_CASE("the scaled-linear schedule is linear in sqrt(beta), as Stable Diffusion's", "[diffusion]") {
+  auto betas = make_betas("scaled_linear", 1000, 0.00085, 0.012);
+  REQUIRE(betas.size() == 1000);
+  CHECK(betas.front() == Approx(0.00085));
+  CHECK(betas.back() == Approx(0.012));
+  const double mid = std::sqrt(0.00085) + (std::sqrt(0.012) - std::sqrt(0.00085)) * 500.0 / 999.0;
+  CHECK(betas[500] == Approx(mid * mid));
+  CHECK(std::sqrt(betas[2]) - std::sqrt(betas[1]) == Approx(std::sqrt(betas[999]) - std::sqrt(betas[998])));
+  // Stable Diffusion's final alphas_cumprod is about 0.0047 (sqrt ~ 0.068): far less noise at
+  // t = 999 than DiT's linear schedule (4e-5).
+  GaussianDiffusion d(betas, false);
+  CHECK(d.tables().alphas_cumprod[999].item<double>() == Approx(0.00466).epsilon(0.02));
+}
+
 TEST_CASE("the linear schedule spans 1e-4 .. 0.02 and abar is the running product", "[diffusion]") {
   auto betas = make_betas("linear", 1000);
   REQUIRE(betas.size() == 1000);

@@ -81,10 +81,23 @@ std::shared_ptr<Backbone> build_skip_dit(const ModelConfig& c) {
   return std::make_shared<SkipDiT>(dit_options(c));
 }
 
-std::shared_ptr<Backbone> build_udit(const ModelConfig& c) {
-  if (c.conditioning != "adaln_zero") {
-    throw ConfigError("model.conditioning '" + c.conditioning + "': u-dit is built with adaln_zero only");
-  }
+ModelCost dit_cost(const ModelConfig& c) {
+  const DiTOptions o = dit_options(c);
+  const int64_t grid = o.input_size / o.patch_size;
+  return {dit_parameter_count(o), dit_parameter_count(o, true), dit_forward_macs(o), grid * grid};
+}
+
+ModelCost skip_dit_cost(const ModelConfig& c) {
+  ModelCost cost = dit_cost(c);
+  const int64_t D = c.hidden_size, skips = c.depth / 2;
+  const int64_t per_skip = 2 * 2 * D + (2 * D * D + D);  // LayerNorm(2D), Linear(2D -> D)
+  cost.parameters += skips * per_skip;
+  cost.active_parameters += skips * per_skip;
+  cost.forward_macs += skips * cost.tokens * 2 * D * D;
+  return cost;
+}
+
+UDiTOptions udit_options(const ModelConfig& c) {
   UDiTOptions o;
   o.input_size = c.input_size;
   o.in_channels = c.in_channels;
@@ -95,7 +108,20 @@ std::shared_ptr<Backbone> build_udit(const ModelConfig& c) {
   o.num_classes = c.num_classes;
   o.learn_sigma = c.learn_sigma;
   o.with_null_class = c.class_dropout_prob > 0.0;
-  return std::make_shared<UDiT>(o);
+  return o;
+}
+
+ModelCost udit_cost(const ModelConfig& c) {
+  const UDiTOptions o = udit_options(c);
+  const int64_t params = udit_parameter_count(o, /*inference_form=*/true);
+  return {params, params, udit_forward_macs(o), c.input_size * c.input_size};
+}
+
+std::shared_ptr<Backbone> build_udit(const ModelConfig& c) {
+  if (c.conditioning != "adaln_zero") {
+    throw ConfigError("model.conditioning '" + c.conditioning + "': u-dit is built with adaln_zero only");
+  }
+  return std::make_shared<UDiT>(udit_options(c));
 }
 
 // A token-sequence transformer with depth and patch size (DiT and its descendants), or a
@@ -105,16 +131,18 @@ enum class Shape { kTokens, kLevels };
 struct Family {
   const char* name;
   std::function<std::shared_ptr<Backbone>(const ModelConfig&)> build;
+  std::function<ModelCost(const ModelConfig&)> cost;
   Shape shape;
   double default_mlp_ratio;
   bool sampling_cache;  // implements Backbone::begin_sampling with a feature cache
 };
 
 const std::vector<Family>& families() {
-  static const std::vector<Family> table = {{"dit", build_dit, Shape::kTokens, 4.0, false},
-                                            {"skip-dit", build_skip_dit, Shape::kTokens, 4.0, true},
-                                            {"dit-moe", build_dit, Shape::kTokens, 4.0, false},
-                                            {"u-dit", build_udit, Shape::kLevels, 2.0, false}};
+  static const std::vector<Family> table = {
+      {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false},
+      {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true},
+      {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false},
+      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false}};
   return table;
 }
 
@@ -209,6 +237,11 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
   require_data("in_channels", c.in_channels);
   require_data("num_classes", c.num_classes);
   return c;
+}
+
+ModelCost model_cost(const ModelConfig& config) {
+  const Preset* preset = nullptr;
+  return family_for(config.name, &preset).cost(resolve_model_config(config));
 }
 
 bool has_sampling_cache(const std::string& model_name) {

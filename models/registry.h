@@ -21,6 +21,15 @@ std::shared_ptr<Backbone> build_backbone(const ModelConfig& config);
 // Whether the backbone of `model_name` has a feature cache for sampling (Skip-Cache).
 bool has_sampling_cache(const std::string& model_name);
 
+// What a model costs, computed from its resolved config without building it.
+struct ModelCost {
+  int64_t parameters = 0;         // all (U-DiT: FFNs folded, as its paper counts)
+  int64_t active_parameters = 0;  // used per token (DiT-MoE: k routed experts + the shared one)
+  int64_t forward_macs = 0;       // per sample, as Backbone::forward_macs
+  int64_t tokens = 0;             // sequence length (U-DiT: pixels of the first level)
+};
+ModelCost model_cost(const ModelConfig& config);
+
 // Every valid model.name: families first, then presets.
 std::vector<std::string> model_names();
 

@@ -229,6 +229,31 @@ int64_t udit_forward_macs(const UDiTOptions& o) {
   return macs;
 }
 
+int64_t udit_parameter_count(const UDiTOptions& o, bool inference_form) {
+  const int64_t C = o.hidden_size, in = o.in_channels, out = o.learn_sigma ? 2 * in : in;
+  const int64_t classes = o.num_classes + (o.with_null_class ? 1 : 0);
+  auto embedders = [&](int64_t d) { return (256 * d + d) + (d * d + d) + classes * d; };
+  auto sub_layer = [&](int64_t d) {
+    const auto h = static_cast<int64_t>(d * o.mlp_ratio);
+    const int64_t attention = (25 * d + d) + (3 * d * d + 3 * d) + (d * d + d) + o.num_heads;
+    const int64_t ffn = inference_form
+                            ? (d * h + h) + (25 * h + h) + (h * d + d)
+                            : (d * h / 2 + h / 2) + (h / 2 * h + h) + (25 * h + h) + (9 * h + h) +
+                                  (h + h) + (h * h / 2 + h / 2) + (h / 2 * d + d);
+    return attention + ffn + (6 * d * d + 6 * d);
+  };
+  auto level = [&](int64_t blocks, int64_t d) { return blocks * 2 * sub_layer(d); };
+  const auto& depth = o.level_depths;
+  int64_t n = (in * C * 9 + C) + embedders(C) + embedders(2 * C) + embedders(4 * C);
+  n += level(depth[0], C) + C * (C / 2) * 9;
+  n += level(depth[1], 2 * C) + 2 * C * C * 9;
+  n += level(depth[2], 4 * C) + 4 * C * 8 * C * 9;
+  n += (4 * C * 2 * C + 2 * C) + level(depth[3], 2 * C) + 2 * C * 4 * C * 9;
+  n += (2 * C * 2 * C + 2 * C) + level(depth[4], 2 * C) + (2 * C * 2 * C * 9 + 2 * C);
+  n += (2 * C * 4 * C + 4 * C) + (2 * C * out * 9 + out);
+  return n;
+}
+
 int64_t UDiT::inference_parameter_count() const {
   int64_t n = 0;
   for (const auto& p : parameters()) n += p.numel();

@@ -110,6 +110,8 @@ class UDiT : public Backbone {
 
 // Backbone::forward_macs() of the U-DiT these options describe, without building it.
 int64_t udit_forward_macs(const UDiTOptions& options);
+// Its parameter count without building it, with the FFNs folded (the paper's count) or not.
+int64_t udit_parameter_count(const UDiTOptions& options, bool inference_form);
 
 // [N, d, H, W] LayerNorm over channels at every pixel, no affine, eps 1e-6 (LayerNorm2d).
 at::Tensor layer_norm_2d(const at::Tensor& x);

@@ -9,5 +9,6 @@ int run_forward(int argc, char** argv);
 int run_config(int argc, char** argv);
 int run_export(int argc, char** argv);
 int run_convert(int argc, char** argv);
+int run_flops(int argc, char** argv);
 
 }  // namespace ditlab::cli

@@ -23,6 +23,7 @@ const char* kUsage =
     "  config   print the resolved config, or the reference of every key (--docs)\n"
     "  export   the weights of a checkpoint alone, in the official key layout\n"
     "  convert  an official DiT .pt checkpoint (torch.save) to safetensors\n"
+    "  flops    parameters, tokens and GMACs of a model, from its config (nothing is built)\n"
     "Run `dit <command> --help` for a command's options.\n";
 
 }  // namespace
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
     if (command == "config") return cli::run_config(argc, argv);
     if (command == "export") return cli::run_export(argc, argv);
     if (command == "convert") return cli::run_convert(argc, argv);
+    if (command == "flops") return cli::run_flops(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

@@ -99,3 +99,28 @@ TEST_CASE("dit train, then dit sample from the run directory or its weights", "[
   CHECK_THAT(read_file(dir / "forward.log"), Catch::Contains("weights do not fit the model") &&
                                                  Catch::Contains("the model expects"));
 }
+
+TEST_CASE("dit flops reports the DiT paper's Gflops and parameters without building", "[cli]") {
+  TempDir dir("flops");
+  const std::pair<const char*, std::pair<double, double>> table[] = {
+      {"DiT-S/2", {6.06, 32.96}}, {"DiT-B/2", {23.01, 130.51}}, {"DiT-L/2", {80.71, 458.10}},
+      {"DiT-XL/2", {118.64, 675.13}}};  // parameters: the official layer shapes (XL/2 exact in the paper)
+  for (const auto& [name, expected] : table) {
+    const std::string log = dir / "flops.log";
+    REQUIRE(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --model " + name, log) == 0);
+    const std::string out = read_file(log);
+    CAPTURE(name, out);
+    auto number_after = [&](const std::string& label) {
+      auto at = out.find(label);
+      REQUIRE(at != std::string::npos);
+      return std::stod(out.substr(at + label.size()));
+    };
+    // Two decimals as printed; the paper's counter adds a little for norms (< 0.05%).
+    CHECK(std::abs(number_after("GMACs / image") - expected.first) < 0.005 + 5e-4 * expected.first);
+    CHECK(std::abs(number_after("parameters") / 1e6 - expected.second) < 0.005);
+  }
+  // A config's model (with the data's sizes given) and a wrong name.
+  const std::string log = dir / "bad.log";
+  CHECK(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --model DiT-Q/2", log) != 0);
+  CHECK_THAT(read_file(log), Catch::Contains("DiT-Q/2") && Catch::Contains("valid names"));
+}

@@ -87,6 +87,8 @@ TEST_CASE("U-DiT parameter counts equal the paper's, counted in inference form",
   s.num_classes = 1000;
   auto model = build(s);
   CHECK(model->inference_parameter_count() == official_udit_parameters(96, 4));
+  CHECK(udit_parameter_count(model->options(), true) == model->inference_parameter_count());
+  CHECK(udit_parameter_count(model->options(), false) == count_parameters(*model));
   CHECK(count_parameters(*model) == official_udit_parameters(96, 4, 4, 1000, false));
   CHECK(std::llround(count_parameters(*model) / 1e4) == 5890);  // 58.90M in training form
   auto tiny = build(tiny_udit());

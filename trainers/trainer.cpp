@@ -284,6 +284,13 @@ class Trainer {
     auto record = window_.record(done, loader_.sampler().epoch_of(done - 1), tc_.lr);
     window_ = LogWindow();
     if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
+    // Achieved model FLOP/s: 6 x forward MACs per image (forward + backward, 2 FLOPs per MAC)
+    // at the window's images/s, over all ranks; MFU against train.peak_tflops (all devices).
+    const double tflops = 6.0 * static_cast<double>(model_->forward_macs()) * record[8].second / 1e12;
+    record.emplace_back("tflops", tflops);
+    if (tc_.peak_tflops > 0) {
+      record.emplace_back("mfu", tflops / (tc_.peak_tflops * communicator_.world_size()));
+    }
     metrics_->write(record);
     const double loss = record[2].second;
     if (summary.first_loss == 0.0) summary.first_loss = loss;

@@ -231,6 +231,9 @@ std::vector<OptionSpec> build_table() {
       string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
+      float_option(FIELD(train.peak_tflops), 0, kInf, false,
+                   "Peak TFLOP/s of one device for the logged MFU (H100 SXM bf16 dense: 989, "
+                   "A100: 312); 0 = log TFLOP/s only"),
       optional_path_option(FIELD(train.init_from),
                     "Weights to start from (.safetensors, or a torch .pt such as an official DiT "
                     "checkpoint); model keys they lack keep their initialisation"),

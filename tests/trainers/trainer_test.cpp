@@ -48,6 +48,7 @@ TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[t
   REQUIRE(metrics.size() == 4);
   CHECK_THAT(metrics[0], Catch::StartsWith("{\"step\": 10, "));
   CHECK_THAT(metrics[3], Catch::Contains("\"loss\": "));
+  CHECK_THAT(metrics[3], Catch::Contains("\"tflops\": "));
   auto info = read_file(run + "/run_info.yaml");
   CHECK_THAT(info, Catch::Contains("libtorch_version"));
   CHECK_THAT(info, Catch::Contains("ditlab_git_revision"));
@@ -224,4 +225,24 @@ TEST_CASE("DiT-MoE trains and logs its load-balancing loss and expert loads", "[
   for (int e = 0; e < 4; ++e) layer1 += value_of(metrics[0], "moe_tokens_per_expert.1." + std::to_string(e));
   CHECK(layer1 == Approx(16 * 64 * 2));
   CHECK_THAT(read_file(run + "/train.log"), Catch::Contains("aux_loss 0.0"));
+}
+
+TEST_CASE("the logged TFLOP/s and MFU follow 6 x MACs per image at the logged images/s", "[trainer]") {
+  TempDir dir("train");
+  auto run = dir / "mfu";
+  train(debug_config(run, {"train.steps=4", "train.log_every=2", "train.peak_tflops=0.5"}));
+  auto metrics = lines(run + "/metrics.jsonl");
+  REQUIRE(metrics.size() == 2);
+  auto value_of = [](const std::string& line, const std::string& key) {
+    auto at = line.find("\"" + key + "\": ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(line.substr(at + key.size() + 4));
+  };
+  ExperimentConfig saved;
+  apply_yaml_text(saved, read_file(run + "/config.yaml"), "config.yaml");
+  const double macs = static_cast<double>(build_backbone(saved.model)->forward_macs());
+  const double images_per_sec = value_of(metrics[1], "images_per_sec");
+  const double tflops = value_of(metrics[1], "tflops");
+  CHECK(tflops == Approx(6 * macs * images_per_sec / 1e12).epsilon(1e-4));
+  CHECK(value_of(metrics[1], "mfu") == Approx(tflops / 0.5).epsilon(1e-4));
 }

@@ -31,6 +31,13 @@ std::vector<std::string> lines(const std::string& path) {
   for (std::string line; std::getline(in, line);) out.push_back(line);
   return out;
 }
+
+// The number after "key": in one metrics.jsonl record.
+double value_of(const std::string& record, const std::string& key) {
+  auto at = record.find("\"" + key + "\": ");
+  REQUIRE(at != std::string::npos);
+  return std::stod(record.substr(at + key.size() + 4));
+}
 }  // namespace
 
 TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[trainer]") {
@@ -212,11 +219,6 @@ TEST_CASE("DiT-MoE trains and logs its load-balancing loss and expert loads", "[
   REQUIRE(metrics.size() == 4);
   // The loss sums alpha * sum_i f_i P_i over the 2 layers; each term is alpha = 0.005 when
   // routing is uniform, and at most alpha * E / k (everything on k experts).
-  auto value_of = [](const std::string& line, const std::string& key) {
-    auto at = line.find("\"" + key + "\": ");
-    REQUIRE(at != std::string::npos);
-    return std::stod(line.substr(at + key.size() + 4));
-  };
   const double aux = value_of(metrics[0], "aux_loss");
   CHECK(aux > 2 * 0.005 * 0.5);
   CHECK(aux <= 2 * 0.005 * 4 / 2);
@@ -233,11 +235,6 @@ TEST_CASE("the logged TFLOP/s and MFU follow 6 x MACs per image at the logged im
   train(debug_config(run, {"train.steps=4", "train.log_every=2", "train.peak_tflops=0.5"}));
   auto metrics = lines(run + "/metrics.jsonl");
   REQUIRE(metrics.size() == 2);
-  auto value_of = [](const std::string& line, const std::string& key) {
-    auto at = line.find("\"" + key + "\": ");
-    REQUIRE(at != std::string::npos);
-    return std::stod(line.substr(at + key.size() + 4));
-  };
   ExperimentConfig saved;
   apply_yaml_text(saved, read_file(run + "/config.yaml"), "config.yaml");
   const double macs = static_cast<double>(build_backbone(saved.model)->forward_macs());

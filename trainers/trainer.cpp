@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <torch/optim/adamw.h>
 
 #include <chrono>
 #include <csignal>
@@ -15,33 +14,22 @@
 #include "src/common/log.h"
 #include "src/common/progress.h"
 #include "src/config/config_loader.h"
-#include "src/diffusion/gaussian_diffusion.h"
-#include "src/diffusion/noise_schedule.h"
 #include "src/distributed/communicator.h"
 #include "src/distributed/grad_reducer.h"
 #include "src/io/module_weights.h"
 #include "trainers/checkpoint.h"
 #include "trainers/ema.h"
+#include "trainers/training_step.h"
 #include "trainers/experiment.h"
-#include "trainers/grad_norm.h"
 #include "trainers/log_window.h"
 #include "trainers/metrics_sink.h"
 #include "trainers/optimizer_state.h"
 #include "trainers/run_directory.h"
-#include "trainers/sample_draws.h"
 #include "trainers/sampling.h"
 #include "trainers/stop_signal.h"
 
 namespace ditlab {
 namespace {
-
-// Sums over one step's global batch (all micro-batches), on the device.
-struct StepLosses {
-  at::Tensor loss, mse, vb;
-  // The backbone's auxiliary loss (mean over micro-batches and ranks, as it enters the
-  // objective) and its metrics (summed over micro-batches and ranks), for the log.
-  std::map<std::string, at::Tensor> extras;
-};
 
 // Everything one training run holds; run() is the loop.
 class Trainer {
@@ -51,46 +39,27 @@ class Trainer {
       : config_(config),
         tc_(config_.train),
         device_(device),
-        bf16_(tc_.precision == "bf16" || (tc_.precision == "auto" && compat::bf16_supported(device))),
         dataset_(std::move(dataset)),
-        model_(build_model(config_, resuming)),
-        ema_(communicator.is_main() ? make_ema(*model_, config_.model) : nullptr),
-        trainable_(trainable_parameters(*model_)),
-        trainable_tensors_(tensors_of(trainable_)),
-        optimizer_(trainable_tensors_, torch::optim::AdamWOptions(tc_.lr)
-                                            .betas({tc_.adam_beta1, tc_.adam_beta2})
-                                            .eps(tc_.adam_eps)
-                                            .weight_decay(tc_.weight_decay)),
-        diffusion_(make_betas(config_.diffusion.schedule, config_.diffusion.steps,
-                              config_.diffusion.beta_start, config_.diffusion.beta_end),
-                   config_.model.learn_sigma),
+        step_(config_, build_model(config_, resuming), device_, communicator,
+              /*with_ema=*/communicator.is_main()),
         loader_(dataset_, EpochSampler(dataset_->size(), tc_.global_batch_size,
                                        static_cast<uint64_t>(tc_.seed)),
                 config_.data.prefetch, communicator.rank(), communicator.world_size()),
-        communicator_(communicator),
-        reducer_(trainable_tensors_, communicator,
-                 GradReducerOptions{tc_.grad_bucket_mb << 20,
-                                    tc_.grad_reduce_dtype == "bf16" ? at::kBFloat16
-                                                                     : at::ScalarType::Undefined,
-                                    tc_.grad_reduce_overlap}) {
-    model_->to(device_);
-    if (ema_) ema_->shadow().to(device_);
-    // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
-    communicator_.broadcast(model_->parameters());
+        communicator_(communicator) {
     if (communicator_.is_main()) metrics_ = std::make_unique<JsonlSink>(config_.run.dir + "/metrics.jsonl");
     int64_t num_params = 0;
-    for (auto& p : model_->parameters()) num_params += p.numel();
+    for (auto& p : step_.model().parameters()) num_params += p.numel();
     spdlog::info("model {} ({:.2f}M parameters), data {} ({} images, {} steps/epoch), device {}{}",
                  config_.model.name, num_params / 1e6, config_.data.name, dataset_->size(),
-                 loader_.sampler().steps_per_epoch(), device_.str(), bf16_ ? ", bf16 autocast" : "");
+                 loader_.sampler().steps_per_epoch(), device_.str(), step_.bf16() ? ", bf16 autocast" : "");
   }
 
   // Continues from `c`: weights, EMA, optimizer moments, RNG and the open logging window.
   void restore(const Checkpoint& c) {
     const std::string source = "checkpoint of step " + std::to_string(c.step);
-    load_state_dict(*model_, c.model, source + " (model)");
-    if (ema_) load_state_dict(ema_->shadow(), c.ema, source + " (ema)");
-    load_adamw_state(optimizer_, trainable_, c.optimizer, source + " (optimizer)");
+    load_state_dict(step_.model(), c.model, source + " (model)");
+    if (step_.ema()) load_state_dict(step_.ema()->shadow(), c.ema, source + " (ema)");
+    load_adamw_state(step_.optimizer(), step_.trainable(), c.optimizer, source + " (optimizer)");
     // The checkpoint is read by every rank from the same file; nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
@@ -106,10 +75,9 @@ class Trainer {
     StopSignals signals;
     ProgressBar bar(tc_.steps, "train", start_step_, communicator_.is_main());
     const auto start = std::chrono::steady_clock::now();
-    model_->train();
+    step_.model().train();
     for (int64_t step = start_step_; step < tc_.steps; ++step) {
-      StepLosses losses = forward_backward(step, loader_.batch_for_step(step));
-      update(step, losses);
+      update(step, step_.run(step, loader_.batch_for_step(step)));
 
       const int64_t done = summary.steps = step + 1;
       const bool log_boundary = done % tc_.log_every == 0, last = done == tc_.steps;
@@ -136,22 +104,15 @@ class Trainer {
     if (communicator_.world_size() > 1 && tc_.steps > start_step_) {
       spdlog::info("gradient all-reduce ({}): {} buckets, {:.1f} MB per step in {}, overlap {}; "
                    "{:.1f} ms per step not hidden by backward", communicator_.backend(),
-                   reducer_.num_buckets(), reducer_.bucket_bytes_on_wire() / 1e6,
+                   step_.reducer().num_buckets(), step_.reducer().bucket_bytes_on_wire() / 1e6,
                    tc_.grad_reduce_dtype, tc_.grad_reduce_overlap ? "on" : "off",
-                   1e3 * reducer_.exposed_seconds() / static_cast<double>(tc_.steps - start_step_));
+                   1e3 * step_.reducer().exposed_seconds() / static_cast<double>(tc_.steps - start_step_));
     }
     finish();
     return summary;
   }
 
  private:
-  static NamedParameters trainable_parameters(Backbone& model) {
-    NamedParameters out;
-    for (auto& p : model.named_parameters()) {
-      if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
-    }
-    return out;
-  }
   // The official initialisation from the seed, then train.init_from where set (not when
   // resuming: the checkpoint replaces everything).
   static std::shared_ptr<Backbone> build_model(const ExperimentConfig& config, bool resuming) {
@@ -169,101 +130,10 @@ class Trainer {
     return model;
   }
 
-  // The shadow's own initialisation is overwritten by the copy, so it must not consume the
-  // global generator (that would make rank 0's random stream differ from the others').
-  static std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) {
-    at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
-    const at::Tensor state = cpu_generator.get_state();
-    auto ema = std::make_unique<Ema>(model, build_backbone(config));
-    cpu_generator.set_state(state);
-    return ema;
-  }
-  static std::vector<at::Tensor> tensors_of(const NamedParameters& named) {
-    std::vector<at::Tensor> out;
-    for (const auto& [name, p] : named) out.push_back(p);
-    return out;
-  }
-
-  // Forward and backward over every micro-batch of this rank's shard of the global batch of
-  // `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
-  // come from its own (seed, step, global index) generator, so the split does not matter.
-  StepLosses forward_backward(int64_t step, const Batch& batch) {
-    optimizer_.zero_grad();
-    const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
-    const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
-    const std::vector<int64_t> image_shape = {dataset_->channels(), dataset_->image_size(),
-                                              dataset_->image_size()};
-    StepLosses sums{at::zeros({}, device_), at::zeros({}, device_), at::zeros({}, device_)};
-    for (int64_t micro = 0; micro < tc_.grad_accum_steps; ++micro) {
-      const int64_t first = micro * micro_batch;  // within this rank's shard
-      const int64_t global_first = communicator_.rank() * per_rank + first;
-      auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, global_first, micro_batch,
-                                    config_.diffusion.steps, image_shape,
-                                    config_.model.class_dropout_prob, config_.data.random_flip);
-      auto x0 = batch.images.narrow(0, first, micro_batch);
-      x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
-      auto y = at::where(draws.drop, at::full_like(draws.t, config_.model.num_classes),
-                         batch.labels.narrow(0, first, micro_batch)).to(device_);
-      auto t = draws.t.to(device_);
-      auto noise = draws.noise.to(device_);
-
-      GaussianDiffusion::Losses losses;
-      at::Tensor aux_loss;
-      std::map<std::string, at::Tensor> metrics;
-      {
-        compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_);
-        auto x_t = diffusion_.q_sample(x0, t, noise);
-        BackboneOutput out = model_->forward(x_t, diffusion_.model_timesteps(t), y);
-        losses = diffusion_.losses_from_output(out.out, x0, x_t, t, noise);
-        aux_loss = out.aux_loss;
-        metrics = std::move(out.metrics);
-      }
-      // Sum over the micro-batch / global batch: the gradient equals that of the global mean.
-      auto loss = losses.loss.sum() / static_cast<double>(tc_.global_batch_size);
-      // The auxiliary loss is a mean per micro-batch; gradients are summed over micro-batches
-      // and ranks, so its weight is one over their number.
-      if (aux_loss.defined()) {
-        loss = loss + aux_loss / static_cast<double>(tc_.grad_accum_steps * communicator_.world_size());
-      }
-      if (micro + 1 == tc_.grad_accum_steps) reducer_.expect_final_backward();
-      loss.backward();
-      sums.loss = sums.loss + losses.loss.detach().sum();
-      sums.mse = sums.mse + losses.mse.detach().sum();
-      sums.vb = sums.vb + losses.vb.detach().sum();
-      const double share = 1.0 / static_cast<double>(tc_.grad_accum_steps * communicator_.world_size());
-      if (aux_loss.defined()) metrics["aux_loss"] = aux_loss.detach() * share;
-      for (auto& [name, value] : metrics) {
-        auto& total = sums.extras[name];
-        auto v = value.detach().to(device_, at::kDouble);
-        total = total.defined() ? total + v : v;
-      }
-    }
-    reducer_.reduce();
-    // One small all-reduce carries the loss sums and whether any rank was asked to stop, so
-    // every rank takes the same decisions (skip a step, stop) from the same numbers.
-    // The extras ride along (every rank has the same names: the same backbone on every rank).
-    std::vector<at::Tensor> pieces = {sums.loss.view({1}), sums.mse.view({1}), sums.vb.view({1}),
-                                      at::full({1}, StopSignals::requested() != 0 ? 1.0 : 0.0,
-                                               sums.loss.options())};
-    for (const auto& [name, value] : sums.extras) pieces.push_back(value.to(sums.loss.scalar_type()).reshape({-1}));
-    at::Tensor shared = at::cat(pieces);
-    communicator_.all_reduce_sum(shared);
-    StepLosses reduced{shared[0], shared[1], shared[2], {}};
-    int64_t offset = 4;
-    for (const auto& [name, value] : sums.extras) {
-      reduced.extras[name] = shared.narrow(0, offset, value.numel()).view(value.sizes());
-      offset += value.numel();
-    }
-    stop_requested_ = shared[3].item<double>() > 0;
-    return reduced;
-  }
-
-  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite (one
-  // host sync per step); too many such steps in a row stop the run.
-  void update(int64_t step, const StepLosses& losses) {
-    auto grad_norm = clip_grad_norm(trainable_tensors_, tc_.grad_clip);
-    if (!(at::isfinite(losses.loss) & at::isfinite(grad_norm)).item<bool>()) {
-      optimizer_.zero_grad();
+  // Counts skipped (non-finite) steps; too many in a row stop the run.
+  void update(int64_t step, const StepResult& result) {
+    stop_requested_ = result.stop_requested;
+    if (!result.applied) {
       spdlog::warn("step {}: non-finite loss or gradient; update skipped ({} in a row)", step + 1,
                    ++bad_steps_);
       if (bad_steps_ >= tc_.max_bad_steps) {
@@ -274,9 +144,8 @@ class Trainer {
       return;
     }
     bad_steps_ = 0;
-    optimizer_.step();
-    if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
-    window_.add(losses.loss, losses.mse, losses.vb, grad_norm, tc_.global_batch_size, losses.extras);
+    window_.add(result.loss, result.mse, result.vb, result.grad_norm, tc_.global_batch_size,
+                result.extras);
   }
 
   void log(int64_t done, ProgressBar& bar, TrainSummary& summary) {
@@ -286,7 +155,7 @@ class Trainer {
     if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
     // Achieved model FLOP/s: 6 x forward MACs per image (forward + backward, 2 FLOPs per MAC)
     // at the window's images/s, over all ranks; MFU against train.peak_tflops (all devices).
-    const double tflops = 6.0 * static_cast<double>(model_->forward_macs()) * record[8].second / 1e12;
+    const double tflops = 6.0 * static_cast<double>(step_.model().forward_macs()) * record[8].second / 1e12;
     record.emplace_back("tflops", tflops);
     if (tc_.peak_tflops > 0) {
       record.emplace_back("mfu", tflops / (tc_.peak_tflops * communicator_.world_size()));
@@ -309,9 +178,9 @@ class Trainer {
     if (!communicator_.is_main()) return;
     Checkpoint c;
     c.step = step;
-    c.model = state_dict(*model_);
-    c.ema = state_dict(ema_->shadow());
-    c.optimizer = adamw_state_tensors(optimizer_, trainable_);
+    c.model = state_dict(step_.model());
+    c.ema = state_dict(step_.ema()->shadow());
+    c.optimizer = adamw_state_tensors(step_.optimizer(), step_.trainable());
     c.trainer_state = window_.to_tensors();
     c.trainer_state["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
     const auto& sampler = loader_.sampler();
@@ -330,12 +199,12 @@ class Trainer {
   void finish() {
     if (!communicator_.is_main()) return;
     const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
-    save_weights(*model_, config_.run.dir + "/model.safetensors", metadata);
-    save_weights(ema_->shadow(), config_.run.dir + "/ema.safetensors", metadata);
+    save_weights(step_.model(), config_.run.dir + "/model.safetensors", metadata);
+    save_weights(step_.ema()->shadow(), config_.run.dir + "/ema.safetensors", metadata);
     spdlog::info("saved model.safetensors and ema.safetensors");
     if (!config_.sample.at_end) return;
     auto labels = grid_labels(config_.model.num_classes, config_.sample.num_per_class);
-    auto samples = generate_samples(ema_->shadow(), config_.diffusion, config_.sample, labels, device_);
+    auto samples = generate_samples(step_.ema()->shadow(), config_.diffusion, config_.sample, labels, device_);
 #ifdef DITLAB_WITH_OPENCV
     const std::string path = config_.run.dir + "/samples.png";
 #else
@@ -349,17 +218,10 @@ class Trainer {
   const ExperimentConfig config_;
   const TrainConfig& tc_;
   const c10::Device device_;
-  const bool bf16_;
   std::shared_ptr<Dataset> dataset_;
-  std::shared_ptr<Backbone> model_;
-  std::unique_ptr<Ema> ema_;  // rank 0 only: it alone saves and samples
-  const NamedParameters trainable_;  // listed once: the step uses them every time
-  const std::vector<at::Tensor> trainable_tensors_;
-  torch::optim::AdamW optimizer_;
-  GaussianDiffusion diffusion_;
+  TrainingStep step_;
   PrefetchLoader loader_;
   Communicator& communicator_;
-  GradReducer reducer_;
   std::unique_ptr<JsonlSink> metrics_;  // rank 0 only
   LogWindow window_;
   bool stop_requested_ = false;

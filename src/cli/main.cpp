@@ -24,6 +24,7 @@ const char* kUsage =
     "  export   the weights of a checkpoint alone, in the official key layout\n"
     "  convert  an official DiT .pt checkpoint (torch.save) to safetensors\n"
     "  flops    parameters, tokens and GMACs of a model, from its config (nothing is built)\n"
+    "  bench    time training steps (or sampling) on synthetic latents; prints one JSON line\n"
     "Run `dit <command> --help` for a command's options.\n";
 
 }  // namespace
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
     if (command == "export") return cli::run_export(argc, argv);
     if (command == "convert") return cli::run_convert(argc, argv);
     if (command == "flops") return cli::run_flops(argc, argv);
+    if (command == "bench") return cli::run_bench(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

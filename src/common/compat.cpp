@@ -2,7 +2,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <sys/resource.h>
 #include <torch/cuda.h>
+
+#ifdef DITLAB_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace ditlab::compat {
 
@@ -80,6 +86,37 @@ AutocastGuard::~AutocastGuard() {
 
 bool bf16_supported(const c10::Device& device) {
   return device.is_cuda();
+}
+
+std::string device_name(const c10::Device& device) {
+#ifdef DITLAB_WITH_CUDA
+  if (device.is_cuda()) {
+    return at::cuda::getDeviceProperties(device.has_index() ? device.index() : 0)->name;
+  }
+#endif
+  return device.str();
+}
+
+void synchronize(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
+}
+
+int64_t peak_memory_bytes(const c10::Device& device) {
+#ifdef DITLAB_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return stats.allocated_bytes[0].peak;  // index 0: StatType::AGGREGATE (all pools)
+  }
+#endif
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // kilobytes on Linux
+}
+
+void reset_peak_memory(const c10::Device& device) {
+#ifdef DITLAB_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
 }
 
 }  // namespace ditlab::compat

@@ -6,8 +6,7 @@
 #include <c10/core/ScalarType.h>
 #include <torch/version.h>
 
-#include <c10/util/string_utils.h>
-
+#include <sstream>
 #include <string>
 #include <type_traits>
 
@@ -43,15 +42,30 @@ template <class Optimizer>
 auto& optimizer_state_slot(Optimizer& optimizer, const at::Tensor& parameter) {
   auto& state = optimizer.state();
   using Key = typename std::decay_t<decltype(state)>::key_type;
+  void* impl = parameter.unsafeGetTensorImpl();
   if constexpr (std::is_same_v<Key, std::string>) {
-    return state[c10::guts::to_string(parameter.unsafeGetTensorImpl())];
+    std::ostringstream key;  // what 1.x's c10::guts::to_string(pointer) wrote
+    key << impl;
+    return state[key.str()];
   } else {
-    return state[reinterpret_cast<Key>(parameter.unsafeGetTensorImpl())];
+    return state[static_cast<Key>(impl)];
   }
 }
 
 // Whether train.precision=auto picks bf16 autocast on this device: on CUDA yes, on CPUs no (bf16
 // matrix products are slower than fp32 there).
 bool bf16_supported(const c10::Device& device);
+
+// The GPU's name ("NVIDIA H100 80GB HBM3"); "cuda" in builds without CUDA.
+std::string device_name(const c10::Device& device);
+
+// Waits for the device's queued work (a no-op on CPUs), so that wall-clock timers measure it.
+void synchronize(const c10::Device& device);
+
+// Peak memory since reset_peak_memory(): on CUDA, bytes held by tensors (the caching
+// allocator's peak of allocated bytes); on CPUs, the process's peak resident set, which cannot
+// be reset and includes everything the process ever touched.
+int64_t peak_memory_bytes(const c10::Device& device);
+void reset_peak_memory(const c10::Device& device);
 
 }  // namespace ditlab::compat

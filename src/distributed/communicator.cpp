@@ -52,6 +52,9 @@ struct Communicator::Impl {
   }
 
   ~Impl() {
+#ifdef DITLAB_WITH_NCCL
+    if (nccl) nccl->shutdown();  // LibTorch 2.x warns about a group destroyed without it
+#endif
     if (!heartbeat.joinable()) return;
     {
       std::lock_guard<std::mutex> lock(heartbeat_mutex);
@@ -146,7 +149,7 @@ Communicator::Communicator(const DistEnv& env, const std::string& backend,
       backend_(backend == "auto" ? (device_is_cuda ? "nccl" : "gloo") : backend),
       timeout_(timeout),
       impl_(std::make_unique<Impl>()) {
-  if (env_.world_size == 1) return;
+  if (!distributed()) return;
   const std::string where = env_.master_addr + ":" + std::to_string(env_.master_port);
   const auto available = available_backends();
   if (std::find(available.begin(), available.end(), backend_) == available.end()) {
@@ -199,8 +202,15 @@ Communicator::Communicator(const DistEnv& env, const std::string& backend,
 
 Communicator::~Communicator() = default;
 
+std::chrono::milliseconds Communicator::wait_timeout() const {
+#if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
+  if (backend_ == "nccl") return std::chrono::milliseconds(0);  // c10d's kNoTimeout
+#endif
+  return timeout_;
+}
+
 PendingCollective Communicator::all_reduce_sum_async(at::Tensor tensor) {
-  if (env_.world_size == 1) return {};
+  if (!distributed()) return {};
 #if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   try {
     auto work = impl_->with_group([&](auto& group) {
@@ -209,7 +219,7 @@ PendingCollective Communicator::all_reduce_sum_async(at::Tensor tensor) {
     });
     return PendingCollective([work, this] {
       try {
-        work->wait(timeout_);
+        work->wait(wait_timeout());
       } catch (const std::exception& e) {
         fail("all-reduce", e);
       }
@@ -225,7 +235,7 @@ PendingCollective Communicator::all_reduce_sum_async(at::Tensor tensor) {
 }
 
 bool Communicator::can_sum(at::ScalarType dtype) {
-  if (env_.world_size == 1) return true;
+  if (!distributed()) return true;
   auto options = at::TensorOptions().dtype(dtype);
   if (backend_ == "nccl") options = options.device(at::Device(at::kCUDA, env_.local_rank));
   at::Tensor probe = at::ones({1}, options);
@@ -240,7 +250,7 @@ bool Communicator::can_sum(at::ScalarType dtype) {
 void Communicator::all_reduce_sum(at::Tensor& tensor) { all_reduce_sum_async(tensor).wait(); }
 
 void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
-  if (env_.world_size == 1 || tensors.empty()) return;
+  if (!distributed() || tensors.empty()) return;
 #if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   std::vector<at::Tensor> flat_pieces;
   for (const auto& t : tensors) flat_pieces.push_back(t.detach().reshape({-1}).to(at::kFloat));
@@ -248,7 +258,7 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
   try {
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    impl_->with_group([&](auto& group) { return group.broadcast(flat, options); })->wait(timeout_);
+    impl_->with_group([&](auto& group) { return group.broadcast(flat, options); })->wait(wait_timeout());
   } catch (const std::exception& e) {
     fail("broadcast", e);
   }
@@ -261,7 +271,7 @@ void Communicator::broadcast(const std::vector<at::Tensor>& tensors, int root) {
 }
 
 void Communicator::barrier() {
-  if (env_.world_size == 1) return;
+  if (!distributed()) return;
 #if defined(DITLAB_WITH_GLOO) || defined(DITLAB_WITH_NCCL)
   // A one-element all-reduce on the backend's device: NCCL's own barrier has to guess the GPU.
   auto options = at::TensorOptions().dtype(at::kFloat);

@@ -44,6 +44,10 @@ class Communicator {
   int rank() const { return env_.rank; }
   int world_size() const { return env_.world_size; }
   bool is_main() const { return env_.rank == 0; }
+  // Whether collectives go through a process group: with several ranks, and under torchrun (or
+  // scripts/launch.sh) even with one, as torch.distributed does, which also checks the backend
+  // on a single GPU. Otherwise (one Slurm task, say) collectives are no-ops.
+  bool distributed() const { return env_.world_size > 1 || env_.launcher == "torchrun"; }
   const DistEnv& env() const { return env_; }
   const std::string& backend() const { return backend_; }
 
@@ -71,6 +75,10 @@ class Communicator {
   DistEnv env_;
   std::string backend_;
   std::chrono::milliseconds timeout_;
+  // How long Work::wait may block. NCCL's wait with a timeout spins the host until the
+  // collective ends (LibTorch 2.x); without one it only orders the compute stream after it, and
+  // the process group's own watchdog enforces timeout_.
+  std::chrono::milliseconds wait_timeout() const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -44,8 +44,8 @@ struct GradReducer::State {
       const auto& first = parameters[bucket.members.front()];
       auto dtype = options.reduce_dtype == at::ScalarType::Undefined ? first.scalar_type()
                                                                      : options.reduce_dtype;
-      // One process reduces nothing and needs no copy of the gradients.
-      if (communicator.world_size() > 1) bucket.flat = at::zeros({numel}, first.options().dtype(dtype));
+      // A plain single process reduces nothing and needs no copy of the gradients.
+      if (communicator.distributed()) bucket.flat = at::zeros({numel}, first.options().dtype(dtype));
       buckets.push_back(std::move(bucket));
       bucket = Bucket();
       bytes = numel = 0;
@@ -151,7 +151,7 @@ GradReducer::GradReducer(std::vector<at::Tensor> parameters, Communicator& commu
                          GradReducerOptions options)
     : state_(std::make_shared<State>(std::move(parameters), communicator, options)) {
   for (auto& bucket : state_->buckets) bucket.waiting = bucket.members.size();
-  if (communicator.world_size() == 1 || !options.overlap) return;
+  if (!communicator.distributed() || !options.overlap) return;
   std::weak_ptr<State> weak = state_;
   for (size_t i = 0; i < state_->parameters.size(); ++i) {
     // A leaf's tensor hook runs once per backward, before the gradient is accumulated.
@@ -168,11 +168,11 @@ GradReducer::~GradReducer() {
 }
 
 void GradReducer::expect_final_backward() {
-  if (state_->communicator.world_size() > 1) state_->arm();
+  if (state_->communicator.distributed()) state_->arm();
 }
 
 void GradReducer::reduce() {
-  if (state_->communicator.world_size() > 1) state_->reduce();
+  if (state_->communicator.distributed()) state_->reduce();
 }
 
 size_t GradReducer::num_buckets() const { return state_->buckets.size(); }

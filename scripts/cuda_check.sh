@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One pass on a GPU machine: the CUDA build (../shared/cuda-build.md recipe: pip torch's
+# LibTorch + Debian's yaml-cpp/spdlog/fmt/Catch2 unpacked in .deps/), a bf16 training run over
+# NCCL, `dit bench` against the PyTorch reference (eager and torch.compile) on the same GPU, and
+# the CPU test suite on the 2.x build. Every stage logs to $LOG_DIR and is time-boxed, so a run
+# cut short still leaves its numbers.
+#
+#   LOG_DIR=/tmp/cuda-check bash scripts/cuda_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+log=${LOG_DIR:-${OUT:-/tmp/cuda-check}}
+mkdir -p "$log"
+deadline=$((SECONDS + ${BUDGET_S:-520}))
+left() { echo $((deadline - SECONDS)); }
+stage() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$log/summary.txt"; }
+
+stage "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+  python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch._C._GLIBCXX_USE_CXX11_ABI)'
+} 2>&1 | tee -a "$log/summary.txt"
+
+stage "configure + build dit"
+deps=$PWD/.deps/root/usr
+torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDITLAB_WITH_OPENCV=OFF \
+  -DCMAKE_PREFIX_PATH="$torch_prefix;$deps" -DTORCH_CUDA_ARCH_LIST=9.0 \
+  -DZLIB_LIBRARY="$deps/lib/x86_64-linux-gnu/libz.a" -DZLIB_INCLUDE_DIR="$deps/include" \
+  >"$log/build.txt" 2>&1
+timeout $(( $(left) - 300 )) cmake --build build-cuda -j 16 --target dit >>"$log/build.txt" 2>&1
+echo "build dit: exit $?" | tee -a "$log/summary.txt"
+grep -E "error|FAILED" "$log/build.txt" | head -40 >>"$log/summary.txt"
+export LD_LIBRARY_PATH=$deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+dit=$PWD/build-cuda/dit
+[[ -x $dit ]] || { stage "no dit binary; stopping"; exit 1; }
+
+stage "bf16 training over NCCL (launch.sh, 1 rank)"
+timeout 90 scripts/launch.sh --nproc 1 -- "$dit" train --config configs/debug/dit.yaml \
+  train.device=cuda train.precision=bf16 train.grad_reduce_dtype=bf16 train.steps=40 \
+  data.path=.deps/data/fashion-mnist data.split=test run.dir=/tmp/nccl-run >"$log/nccl_train.txt" 2>&1
+echo "nccl train: exit $?" | tee -a "$log/summary.txt"
+grep -E "step 40/|nccl|gradient all-reduce|error" "$log/nccl_train.txt" | head -8 >>"$log/summary.txt"
+
+bench() {  # label, timeout, command...
+  local label=$1 limit=$2; shift 2
+  if (( $(left) < limit )); then echo "skip $label (time)" >>"$log/bench.jsonl.txt"; return; fi
+  echo "== $label" >>"$log/bench_stderr.txt"
+  timeout "$limit" "$@" 2>>"$log/bench_stderr.txt" | sed "s/^{/{\"label\": \"$label\", /" >>"$log/bench.jsonl"
+}
+ref=scripts/reference/bench_reference.py
+stage "benchmarks"
+for spec in "DiT-XL/2 64" "DiT-B/2 256" "DiT-S/2 256"; do
+  set -- $spec
+  bench "ditlab $1 b$2" 90 "$dit" bench --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
+  bench "pytorch-eager $1 b$2" 90 python3 $ref --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
+done
+bench "pytorch-compile DiT-B/2 b256" 150 python3 $ref --model DiT-B/2 --batch 256 --steps 10 --warmup 3 --device cuda --precision bf16 --compile
+bench "ditlab DiT-XL/2 b64 fp32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
+bench "ditlab sample DiT-XL/2 b64" 60 "$dit" bench --sample --model DiT-XL/2 --batch 64 --steps 1 --device cuda sample.steps=50
+cat "$log/bench.jsonl" >>"$log/summary.txt" 2>/dev/null
+
+stage "tests (CPU code on the 2.x build)"
+timeout $(( $(left) - 40 )) cmake --build build-cuda -j 16 -- -k 0 >"$log/build_tests.txt" 2>&1
+echo "build tests: exit $?" | tee -a "$log/summary.txt"
+grep -E "error|FAILED" "$log/build_tests.txt" | head -30 >>"$log/summary.txt"
+(cd build-cuda && timeout $(( $(left) - 5 )) ctest -j 16 --timeout 120 >"$log/ctest.txt" 2>&1)
+tail -25 "$log/ctest.txt" >>"$log/summary.txt"
+stage "done"

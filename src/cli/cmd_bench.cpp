@@ -1,0 +1,207 @@
+// `dit bench`: times full training steps (forward, backward, all-reduce, clipping, AdamW, EMA:
+// the trainer's own TrainingStep) on synthetic latents, or whole sampling runs with --sample,
+// and prints one JSON line. Nothing is written to disk.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "models/registry.h"
+#include "src/cli/args.h"
+#include "src/cli/commands.h"
+#include "src/common/compat.h"
+#include "src/common/error.h"
+#include "src/common/log.h"
+#include "src/config/config_loader.h"
+#include "src/distributed/communicator.h"
+#include "trainers/experiment.h"
+#include "trainers/sampling.h"
+#include "trainers/training_step.h"
+
+namespace ditlab::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "cpu";
+}
+
+// What 100% MFU means: dense bf16 / fp32 tensor-core peaks of known GPUs (no sparsity), and on
+// CPUs the measured rate of a large float32 matrix product with the threads in use, so that MFU
+// there says how close a step comes to the machine's own matmul speed.
+double default_peak_tflops(const c10::Device& device, const std::string& name, bool bf16) {
+  if (device.is_cuda()) {
+    struct Peak { const char* key; double bf16, fp32; };
+    // fp32: CUDA-core rates (LibTorch does not use TF32 for float32 products by default).
+    const Peak peaks[] = {{"H200", 989.4, 66.9}, {"H100", 989.4, 66.9}, {"H800", 989.4, 66.9},
+                          {"A100", 312.0, 19.5}, {"A800", 312.0, 19.5}, {"L40S", 362.1, 91.6},
+                          {"4090", 165.2, 82.6}};
+    for (const auto& p : peaks) {
+      if (name.find(p.key) != std::string::npos) return bf16 ? p.bf16 : p.fp32;
+    }
+    return 0.0;  // unknown GPU: MFU is left out unless --peak-tflops says
+  }
+  torch::NoGradGuard no_grad;
+  const int64_t n = 1024;
+  auto a = at::randn({n, n}), b = at::randn({n, n});
+  at::mm(a, b);  // warm-up
+  double best = 1e30;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto start = Clock::now();
+    at::mm(a, b);
+    best = std::min(best, seconds_since(start));
+  }
+  return 2.0 * n * n * n / best / 1e12;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+}  // namespace
+
+int run_bench(int argc, char** argv) {
+  Args args("bench",
+            {{"model", "preset or family (default: the config's model.name)"},
+             {"config", "experiment YAML whose model, diffusion and train sections to use"},
+             {"batch", "images per step (default: train.global_batch_size)"},
+             {"input-size", "latent H = W (default 32, the latent of a 256x256 image)"},
+             {"in-channels", "latent channels (default 4)"},
+             {"num-classes", "classes without the null class (default 1000)"},
+             {"steps", "timed steps (default 10; with --sample: timed sampling runs, default 2)"},
+             {"warmup", "untimed steps first (default 3; with --sample 1)"},
+             {"precision", "fp32 or bf16 (default: bf16 on CUDA, fp32 on CPUs)"},
+             {"device", "cpu, cuda or cuda:N (default: cuda when available)"},
+             {"threads", "CPU threads (default: LibTorch's)"},
+             {"peak-tflops", "device peak for the MFU (default: known GPUs; CPUs: measured matmul)"},
+             {"sample", "time sampling (sample.sampler, sample.steps, sample.cfg_scale) instead", false}},
+            argc, argv, 2);
+  if (args.print_help_if_asked()) return 0;
+  ExperimentConfig config;
+  if (args.has("config")) {
+    config = load_experiment_config(args.require("config"), args.overrides());
+  } else {
+    apply_overrides(config, args.overrides());
+  }
+  if (args.has("threads")) config.train.threads = args.get_int("threads", 0);
+  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  ModelConfig& mc = config.model;
+  if (args.has("model")) mc.name = args.require("model");
+  if (mc.input_size == 0 || args.has("input-size")) mc.input_size = args.get_int("input-size", 32);
+  if (mc.in_channels == 0 || args.has("in-channels")) mc.in_channels = args.get_int("in-channels", 4);
+  if (mc.num_classes == 0 || args.has("num-classes")) mc.num_classes = args.get_int("num-classes", 1000);
+  mc = resolve_model_config(mc);
+  const bool sample_mode = args.has("sample");
+  const int64_t batch = args.get_int("batch", config.train.global_batch_size);
+  const int64_t steps = args.get_int("steps", sample_mode ? 2 : 10);
+  const int64_t warmup = args.get_int("warmup", sample_mode ? 1 : 3);
+  if (batch < 1 || steps < 1 || warmup < 0) {
+    throw UsageError("bench: --batch and --steps must be >= 1 and --warmup >= 0");
+  }
+  const c10::Device device = select_device(args.get_or("device", config.train.device));
+  const std::string precision = args.get_or("precision", device.is_cuda() ? "bf16" : "fp32");
+  if (precision != "fp32" && precision != "bf16") {
+    throw UsageError("bench: --precision must be fp32 or bf16, not '" + precision + "'");
+  }
+  const bool bf16 = precision == "bf16";
+  config.train.precision = precision;
+  config.train.global_batch_size = batch;
+  config.train.grad_accum_steps = 1;
+  config.sample.seed = config.train.seed;
+  const std::string device_name =
+      device.is_cuda() ? compat::device_name(device) : cpu_model_name();
+  const double peak = args.has("peak-tflops") ? args.get_double("peak-tflops", 0.0)
+                                              : default_peak_tflops(device, device_name, bf16);
+
+  // One process on its own: the communicator's collectives are no-ops.
+  Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(60), device.is_cuda());
+  torch::manual_seed(static_cast<uint64_t>(config.train.seed));
+  auto model = build_backbone(mc);
+  int64_t parameters = 0;
+  for (const auto& p : model->parameters()) parameters += p.numel();
+  const double macs = static_cast<double>(model->forward_macs());
+  Batch data{at::randn({batch, mc.in_channels, mc.input_size, mc.input_size}),
+             at::randint(mc.num_classes, {batch}, at::TensorOptions().dtype(at::kLong))};
+  if (device.is_cuda()) data.images = data.images.pin_memory();
+  spdlog::info("bench {} on {} ({}), batch {}, {}x{}x{}, {}, {} warm-up + {} timed {}",
+               mc.name, device.str(), device_name, batch, mc.in_channels, mc.input_size,
+               mc.input_size, precision, warmup, steps, sample_mode ? "sampling runs" : "steps");
+
+  std::vector<double> step_ms;
+  double flops_per_iteration = 0.0;  // model FLOPs of one timed iteration
+  double images_per_iteration = static_cast<double>(batch);
+  if (!sample_mode) {
+    TrainingStep step(config, model, device, communicator, /*with_ema=*/true);
+    step.model().train();
+    flops_per_iteration = 6.0 * macs * static_cast<double>(batch);
+    for (int64_t i = 0; i < warmup + steps; ++i) {
+      if (i == warmup) compat::reset_peak_memory(device);
+      compat::synchronize(device);
+      const auto start = Clock::now();
+      StepResult result = step.run(i, data);
+      compat::synchronize(device);
+      if (i >= warmup) step_ms.push_back(1e3 * seconds_since(start));
+      if (!result.applied) spdlog::warn("step {}: non-finite loss (synthetic data)", i + 1);
+    }
+  } else {
+    model->to(device);
+    const bool guided = config.sample.cfg_scale != 1.0;
+    const double evaluations = static_cast<double>(config.sample.steps) * (guided ? 2.0 : 1.0);
+    flops_per_iteration = 2.0 * macs * evaluations * static_cast<double>(batch);
+    for (int64_t i = 0; i < warmup + steps; ++i) {
+      if (i == warmup) compat::reset_peak_memory(device);
+      compat::synchronize(device);
+      const auto start = Clock::now();
+      {
+        compat::AutocastGuard autocast(device.type(), at::kBFloat16, bf16);
+        generate_samples(*model, config.diffusion, config.sample, data.labels, device);
+      }
+      compat::synchronize(device);
+      if (i >= warmup) step_ms.push_back(1e3 * seconds_since(start));
+    }
+  }
+  const double med = median(step_ms);
+  const double images_per_s = images_per_iteration / (med / 1e3);
+  const double tflops = flops_per_iteration / (med / 1e3) / 1e12;
+  // A sampling run's step is one sampler step (one guided network evaluation of the batch).
+  const double per_step = sample_mode ? 1.0 / static_cast<double>(config.sample.steps) : 1.0;
+  for (double& ms : step_ms) ms *= per_step;
+  std::printf(
+      "{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"device_name\": \"%s\", "
+      "\"precision\": \"%s\", \"batch\": %lld, \"input_size\": %lld, \"in_channels\": %lld, "
+      "\"threads\": %d, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
+      "\"images_per_s\": %.3f, \"step_ms_median\": %.3f, \"step_ms_min\": %.3f, "
+      "\"step_ms_max\": %.3f, \"tflops\": %.4f, \"peak_tflops\": %.2f, \"mfu\": %s, "
+      "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"libtorch\": \"%s\"}\n",
+      sample_mode ? "sample" : "train", mc.name.c_str(), device.str().c_str(), device_name.c_str(),
+      precision.c_str(), static_cast<long long>(batch), static_cast<long long>(mc.input_size),
+      static_cast<long long>(mc.in_channels), at::get_num_threads(), static_cast<long long>(steps),
+      static_cast<long long>(parameters), macs / 1e9, images_per_s, med * per_step,
+      *std::min_element(step_ms.begin(), step_ms.end()),
+      *std::max_element(step_ms.begin(), step_ms.end()), tflops, peak,
+      peak > 0 ? std::to_string(tflops / peak).c_str() : "null",
+      compat::peak_memory_bytes(device) / 1e6, device.is_cuda() ? "cuda_allocated" : "cpu_max_rss",
+      compat::torch_version().c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace ditlab::cli

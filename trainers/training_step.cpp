@@ -1,0 +1,177 @@
+#include "trainers/training_step.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/optim/adamw.h>
+
+#include "models/registry.h"
+#include "src/common/compat.h"
+#include "src/diffusion/gaussian_diffusion.h"
+#include "src/diffusion/noise_schedule.h"
+#include "src/distributed/communicator.h"
+#include "src/distributed/grad_reducer.h"
+#include "trainers/ema.h"
+#include "trainers/grad_norm.h"
+#include "trainers/sample_draws.h"
+#include "trainers/stop_signal.h"
+
+namespace ditlab {
+namespace {
+
+NamedParameters trainable_parameters(Backbone& model) {
+  NamedParameters out;
+  for (auto& p : model.named_parameters()) {
+    if (p.value().requires_grad()) out.emplace_back(p.key(), p.value());
+  }
+  return out;
+}
+
+std::vector<at::Tensor> tensors_of(const NamedParameters& named) {
+  std::vector<at::Tensor> out;
+  for (const auto& [name, p] : named) out.push_back(p);
+  return out;
+}
+
+// The shadow's own initialisation is overwritten by the copy, so it must not consume the
+// global generator (that would make rank 0's random stream differ from the others').
+std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) {
+  at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
+  const at::Tensor state = cpu_generator.get_state();
+  auto ema = std::make_unique<Ema>(model, build_backbone(config));
+  cpu_generator.set_state(state);
+  return ema;
+}
+
+}  // namespace
+
+TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backbone> model,
+                           c10::Device device, Communicator& communicator, bool with_ema)
+    : config_(config),
+      tc_(config_.train),
+      device_(device),
+      bf16_(tc_.precision == "bf16" || (tc_.precision == "auto" && compat::bf16_supported(device))),
+      communicator_(communicator),
+      model_(std::move(model)),
+      ema_(with_ema ? make_ema(*model_, config_.model) : nullptr),
+      trainable_(trainable_parameters(*model_)),
+      trainable_tensors_(tensors_of(trainable_)) {
+  model_->to(device_);
+  if (ema_) ema_->shadow().to(device_);
+  // The optimizer is built on the moved parameters (to() keeps their identity, but the state
+  // must live on the device from the first step).
+  optimizer_ = std::make_unique<torch::optim::AdamW>(
+      trainable_tensors_, torch::optim::AdamWOptions(tc_.lr)
+                              .betas({tc_.adam_beta1, tc_.adam_beta2})
+                              .eps(tc_.adam_eps)
+                              .weight_decay(tc_.weight_decay));
+  diffusion_ = std::make_unique<GaussianDiffusion>(
+      make_betas(config_.diffusion.schedule, config_.diffusion.steps, config_.diffusion.beta_start,
+                 config_.diffusion.beta_end),
+      config_.model.learn_sigma);
+  reducer_ = std::make_unique<GradReducer>(
+      trainable_tensors_, communicator_,
+      GradReducerOptions{tc_.grad_bucket_mb << 20,
+                         tc_.grad_reduce_dtype == "bf16" ? at::kBFloat16 : at::ScalarType::Undefined,
+                         tc_.grad_reduce_overlap});
+  // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
+  communicator_.broadcast(model_->parameters());
+}
+
+TrainingStep::~TrainingStep() = default;
+
+StepResult TrainingStep::run(int64_t step, const Batch& batch) {
+  StepResult result = forward_backward(step, batch);
+  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite (one
+  // host sync per step).
+  result.grad_norm = clip_grad_norm(trainable_tensors_, tc_.grad_clip);
+  if (!(at::isfinite(result.loss) & at::isfinite(result.grad_norm)).item<bool>()) {
+    optimizer_->zero_grad();
+    return result;
+  }
+  result.applied = true;
+  optimizer_->step();
+  if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
+  return result;
+}
+
+// Forward and backward over every micro-batch of this rank's shard of the global batch of
+// `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
+// come from its own (seed, step, global index) generator, so the split does not matter.
+StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
+  optimizer_->zero_grad();
+  const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
+  const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
+  const std::vector<int64_t> image_shape = {batch.images.size(1), batch.images.size(2),
+                                            batch.images.size(3)};
+  StepResult sums;
+  sums.loss = at::zeros({}, device_);
+  sums.mse = at::zeros({}, device_);
+  sums.vb = at::zeros({}, device_);
+  for (int64_t micro = 0; micro < tc_.grad_accum_steps; ++micro) {
+    const int64_t first = micro * micro_batch;  // within this rank's shard
+    const int64_t global_first = communicator_.rank() * per_rank + first;
+    auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, global_first, micro_batch,
+                                  config_.diffusion.steps, image_shape,
+                                  config_.model.class_dropout_prob, config_.data.random_flip);
+    auto x0 = batch.images.narrow(0, first, micro_batch);
+    x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
+    auto y = at::where(draws.drop, at::full_like(draws.t, config_.model.num_classes),
+                       batch.labels.narrow(0, first, micro_batch)).to(device_);
+    auto t = draws.t.to(device_);
+    auto noise = draws.noise.to(device_);
+
+    GaussianDiffusion::Losses losses;
+    at::Tensor aux_loss;
+    std::map<std::string, at::Tensor> metrics;
+    {
+      compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_);
+      auto x_t = diffusion_->q_sample(x0, t, noise);
+      BackboneOutput out = model_->forward(x_t, diffusion_->model_timesteps(t), y);
+      losses = diffusion_->losses_from_output(out.out, x0, x_t, t, noise);
+      aux_loss = out.aux_loss;
+      metrics = std::move(out.metrics);
+    }
+    // Sum over the micro-batch / global batch: the gradient equals that of the global mean.
+    auto loss = losses.loss.sum() / static_cast<double>(tc_.global_batch_size);
+    // The auxiliary loss is a mean per micro-batch; gradients are summed over micro-batches
+    // and ranks, so its weight is one over their number.
+    const double share = 1.0 / static_cast<double>(tc_.grad_accum_steps * communicator_.world_size());
+    if (aux_loss.defined()) loss = loss + aux_loss * share;
+    if (micro + 1 == tc_.grad_accum_steps) reducer_->expect_final_backward();
+    loss.backward();
+    sums.loss = sums.loss + losses.loss.detach().sum();
+    sums.mse = sums.mse + losses.mse.detach().sum();
+    sums.vb = sums.vb + losses.vb.detach().sum();
+    if (aux_loss.defined()) metrics["aux_loss"] = aux_loss.detach() * share;
+    for (auto& [name, value] : metrics) {
+      auto& total = sums.extras[name];
+      auto v = value.detach().to(device_, at::kDouble);
+      total = total.defined() ? total + v : v;
+    }
+  }
+  reducer_->reduce();
+  // One small all-reduce carries the loss sums and whether any rank was asked to stop, so
+  // every rank takes the same decisions (skip a step, stop) from the same numbers.
+  // The extras ride along (every rank has the same names: the same backbone on every rank).
+  std::vector<at::Tensor> pieces = {sums.loss.view({1}), sums.mse.view({1}), sums.vb.view({1}),
+                                    at::full({1}, StopSignals::requested() != 0 ? 1.0 : 0.0,
+                                             sums.loss.options())};
+  for (const auto& [name, value] : sums.extras) {
+    pieces.push_back(value.to(sums.loss.scalar_type()).reshape({-1}));
+  }
+  at::Tensor shared = at::cat(pieces);
+  communicator_.all_reduce_sum(shared);
+  StepResult reduced;
+  reduced.loss = shared[0];
+  reduced.mse = shared[1];
+  reduced.vb = shared[2];
+  int64_t offset = 4;
+  for (const auto& [name, value] : sums.extras) {
+    reduced.extras[name] = shared.narrow(0, offset, value.numel()).view(value.sizes());
+    offset += value.numel();
+  }
+  reduced.stop_requested = shared[3].item<double>() > 0;
+  return reduced;
+}
+
+}  // namespace ditlab

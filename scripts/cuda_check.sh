@@ -21,6 +21,7 @@ stage "machine"
 
 stage "configure + build dit"
 deps=$PWD/.deps/root/usr
+export LD_LIBRARY_PATH=$deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDITLAB_WITH_OPENCV=OFF \
   -DCMAKE_PREFIX_PATH="$torch_prefix;$deps" -DTORCH_CUDA_ARCH_LIST=9.0 \
@@ -29,7 +30,6 @@ cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDITLAB_WITH_OPENC
 timeout $(( $(left) - 300 )) cmake --build build-cuda -j 16 --target dit >>"$log/build.txt" 2>&1
 echo "build dit: exit $?" | tee -a "$log/summary.txt"
 grep -E "error|FAILED" "$log/build.txt" | head -40 >>"$log/summary.txt"
-export LD_LIBRARY_PATH=$deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 dit=$PWD/build-cuda/dit
 [[ -x $dit ]] || { stage "no dit binary; stopping"; exit 1; }
 

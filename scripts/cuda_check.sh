@@ -12,6 +12,8 @@ log=${LOG_DIR:-${OUT:-/tmp/cuda-check}}
 mkdir -p "$log"
 deadline=$((SECONDS + ${BUDGET_S:-520}))
 left() { echo $((deadline - SECONDS)); }
+stages=${STAGES:-build nccl bench extra tests}  # a subset reruns part of the pass
+want() { [[ " $stages " == *" $1 "* ]]; }
 stage() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$log/summary.txt"; }
 
 stage "machine"
@@ -33,20 +35,24 @@ grep -E "error|FAILED" "$log/build.txt" | head -40 >>"$log/summary.txt"
 dit=$PWD/build-cuda/dit
 [[ -x $dit ]] || { stage "no dit binary; stopping"; exit 1; }
 
+if want nccl; then
 stage "bf16 training over NCCL (launch.sh, 1 rank)"
+rm -rf /tmp/nccl-run
 timeout 90 scripts/launch.sh --nproc 1 -- "$dit" train --config configs/debug/dit.yaml \
   train.device=cuda train.precision=bf16 train.grad_reduce_dtype=bf16 train.steps=40 \
   data.path=.deps/data/fashion-mnist data.split=test run.dir=/tmp/nccl-run >"$log/nccl_train.txt" 2>&1
 echo "nccl train: exit $?" | tee -a "$log/summary.txt"
 grep -E "step 40/|nccl|gradient all-reduce|error" "$log/nccl_train.txt" | head -8 >>"$log/summary.txt"
+fi
 
 bench() {  # label, timeout, command...
   local label=$1 limit=$2; shift 2
   if (( $(left) < limit )); then echo "skip $label (time)" >>"$log/bench.jsonl.txt"; return; fi
   echo "== $label" >>"$log/bench_stderr.txt"
-  timeout "$limit" "$@" 2>>"$log/bench_stderr.txt" | sed "s/^{/{\"label\": \"$label\", /" >>"$log/bench.jsonl"
+  timeout "$limit" "$@" 2>>"$log/bench_stderr.txt" | sed "s|^{|{\"label\": \"$label\", |" >>"$log/bench.jsonl"
 }
 ref=scripts/reference/bench_reference.py
+if want bench; then
 stage "benchmarks"
 for spec in "DiT-XL/2 64" "DiT-B/2 256" "DiT-S/2 256"; do
   set -- $spec
@@ -54,14 +60,26 @@ for spec in "DiT-XL/2 64" "DiT-B/2 256" "DiT-S/2 256"; do
   bench "pytorch-eager $1 b$2" 90 python3 $ref --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
 done
 bench "pytorch-compile DiT-B/2 b256" 150 python3 $ref --model DiT-B/2 --batch 256 --steps 10 --warmup 3 --device cuda --precision bf16 --compile
-bench "ditlab DiT-XL/2 b64 fp32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
-bench "ditlab sample DiT-XL/2 b64" 60 "$dit" bench --sample --model DiT-XL/2 --batch 64 --steps 1 --device cuda sample.steps=50
+want extra && bench "ditlab DiT-XL/2 b64 fp32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
+want extra && bench "ditlab sample DiT-XL/2 b64" 60 "$dit" bench --sample --model DiT-XL/2 --batch 64 --steps 1 --device cuda sample.steps=50
 cat "$log/bench.jsonl" >>"$log/summary.txt" 2>/dev/null
+fi
 
+if want coretests; then  # the core tests alone, verbose, with TMPDIR set
+stage "core tests"
+export TMPDIR=/tmp
+timeout 100 cmake --build build-cuda -j 16 --target test_core >"$log/build_tests.txt" 2>&1
+(cd build-cuda && timeout $(( $(left) - 5 )) ctest -j 16 --timeout 60 -R "base file|safetensors|malformed" \
+  --output-on-failure >"$log/ctest.txt" 2>&1)
+grep -E "tests passed|Failed|SEGFAULT" "$log/ctest.txt" >>"$log/summary.txt"
+fi
+
+if want tests; then
 stage "tests (CPU code on the 2.x build)"
 timeout $(( $(left) - 40 )) cmake --build build-cuda -j 16 -- -k 0 >"$log/build_tests.txt" 2>&1
 echo "build tests: exit $?" | tee -a "$log/summary.txt"
 grep -E "error|FAILED" "$log/build_tests.txt" | head -30 >>"$log/summary.txt"
 (cd build-cuda && timeout $(( $(left) - 5 )) ctest -j 16 --timeout 120 >"$log/ctest.txt" 2>&1)
-tail -25 "$log/ctest.txt" >>"$log/summary.txt"
+grep -E "tests passed|Failed|SEGFAULT" "$log/ctest.txt" >>"$log/summary.txt"
+fi
 stage "done"

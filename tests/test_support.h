@@ -2,7 +2,10 @@
 #pragma once
 #include <sys/wait.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 #include <filesystem>
 #include <string>
 
@@ -17,7 +20,11 @@ class TempDir {
  public:
   explicit TempDir(const std::string& tag) {
     std::string pattern = (std::filesystem::temp_directory_path() / ("ditlab-" + tag + "-XXXXXX")).string();
-    path_ = ::mkdtemp(pattern.data());
+    if (::mkdtemp(pattern.data()) == nullptr) {
+      throw std::runtime_error("cannot create the test directory " + pattern + ": " +
+                               std::strerror(errno) + " (set TMPDIR to a writable folder)");
+    }
+    path_ = pattern;
   }
   ~TempDir() {
     std::error_code ec;

@@ -101,7 +101,7 @@ class Trainer {
     bar.finish();
     summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     spdlog::info("trained steps {}..{} in {}", start_step_ + 1, tc_.steps, format_duration(summary.seconds));
-    if (communicator_.world_size() > 1 && tc_.steps > start_step_) {
+    if (communicator_.distributed() && tc_.steps > start_step_) {
       spdlog::info("gradient all-reduce ({}): {} buckets, {:.1f} MB per step in {}, overlap {}; "
                    "{:.1f} ms per step not hidden by backward", communicator_.backend(),
                    step_.reducer().num_buckets(), step_.reducer().bucket_bytes_on_wire() / 1e6,
@@ -263,9 +263,9 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
     prepare_run_directory(config, options, resume_from);
     log::add_file_sink(config.run.dir + "/train.log");
     write_run_metadata(config.run.dir, config, options.command_line, device);
-    if (communicator.world_size() > 1) {
-      spdlog::info("{} ranks ({}), rendezvous at {}:{}", communicator.world_size(),
-                   communicator.env().launcher, communicator.env().master_addr,
+    if (communicator.distributed()) {
+      spdlog::info("{} rank(s) ({}, {}), rendezvous at {}:{}", communicator.world_size(),
+                   communicator.env().launcher, communicator.backend(), communicator.env().master_addr,
                    communicator.env().master_port);
     }
   } else {

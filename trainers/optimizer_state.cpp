@@ -14,7 +14,7 @@ std::map<std::string, at::Tensor> adamw_state_tensors(torch::optim::AdamW& optim
                                                       const NamedParameters& parameters) {
   std::map<std::string, at::Tensor> out;
   for (const auto& [name, p] : parameters) {
-    auto& slot = compat::optimizer_state_slot(optimizer, p);
+    auto* slot = compat::optimizer_state_if_any(optimizer, p);
     if (!slot) continue;  // never stepped (e.g. no gradient yet)
     auto& s = static_cast<torch::optim::AdamWParamState&>(*slot);
     out[name + ".exp_avg"] = s.exp_avg();

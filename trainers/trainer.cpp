@@ -264,8 +264,8 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
     log::add_file_sink(config.run.dir + "/train.log");
     write_run_metadata(config.run.dir, config, options.command_line, device);
     if (communicator.distributed()) {
-      spdlog::info("{} rank(s) ({}, {}), rendezvous at {}:{}", communicator.world_size(),
-                   communicator.env().launcher, communicator.backend(), communicator.env().master_addr,
+      spdlog::info("{} {} ({}, {}), rendezvous at {}:{}", communicator.world_size(),
+                   communicator.world_size() == 1 ? "rank" : "ranks", communicator.env().launcher, communicator.backend(), communicator.env().master_addr,
                    communicator.env().master_port);
     }
   } else {

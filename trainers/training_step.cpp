@@ -12,6 +12,7 @@
 #include "src/distributed/grad_reducer.h"
 #include "trainers/ema.h"
 #include "trainers/grad_norm.h"
+#include "trainers/multi_tensor_adamw.h"
 #include "trainers/sample_draws.h"
 #include "trainers/stop_signal.h"
 
@@ -81,15 +82,19 @@ TrainingStep::~TrainingStep() = default;
 
 StepResult TrainingStep::run(int64_t step, const Batch& batch) {
   StepResult result = forward_backward(step, batch);
-  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite (one
-  // host sync per step).
+  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite. The
+  // finiteness and the stop flag come back in one read: the step's only host synchronisation.
   result.grad_norm = clip_grad_norm(trainable_tensors_, tc_.grad_clip);
-  if (!(at::isfinite(result.loss) & at::isfinite(result.grad_norm)).item<bool>()) {
+  const at::Tensor flags =
+      at::stack({at::isfinite(result.loss) & at::isfinite(result.grad_norm), stop_flag_ > 0})
+          .to(at::kCPU);
+  result.stop_requested = flags[1].item<bool>();
+  if (!flags[0].item<bool>()) {
     optimizer_->zero_grad();
     return result;
   }
   result.applied = true;
-  optimizer_->step();
+  multi_tensor_adamw_step(*optimizer_);
   if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
   return result;
 }
@@ -170,7 +175,7 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
     reduced.extras[name] = shared.narrow(0, offset, value.numel()).view(value.sizes());
     offset += value.numel();
   }
-  reduced.stop_requested = shared[3].item<double>() > 0;
+  stop_flag_ = shared[3];
   return reduced;
 }
 

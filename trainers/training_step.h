@@ -70,6 +70,7 @@ class TrainingStep {
   std::unique_ptr<torch::optim::AdamW> optimizer_;
   std::unique_ptr<GaussianDiffusion> diffusion_;
   std::unique_ptr<GradReducer> reducer_;
+  at::Tensor stop_flag_;  // > 0 when some rank was asked to stop (summed over ranks), on the device
 };
 
 }  // namespace ditlab

@@ -36,20 +36,34 @@ class AutocastGuard {
   c10::ScalarType previous_dtype_;
 };
 
-// The optimizer's per-parameter state slot. LibTorch keys Optimizer::state() by the parameter's
+// The optimizer's per-parameter state. LibTorch keys Optimizer::state() by the parameter's
 // TensorImpl address, as a string in 1.x and as a pointer in later versions; this hides which.
 template <class Optimizer>
-auto& optimizer_state_slot(Optimizer& optimizer, const at::Tensor& parameter) {
-  auto& state = optimizer.state();
-  using Key = typename std::decay_t<decltype(state)>::key_type;
+auto optimizer_state_key(Optimizer& optimizer, const at::Tensor& parameter) {
+  using Key = typename std::decay_t<decltype(optimizer.state())>::key_type;
   void* impl = parameter.unsafeGetTensorImpl();
   if constexpr (std::is_same_v<Key, std::string>) {
     std::ostringstream key;  // what 1.x's c10::guts::to_string(pointer) wrote
     key << impl;
-    return state[key.str()];
+    return key.str();
   } else {
-    return state[static_cast<Key>(impl)];
+    return static_cast<Key>(impl);
   }
+}
+
+// The slot, created empty when absent. (LibTorch's own step() reads an empty slot as state and
+// crashes: only fill it, never leave it empty where that optimizer steps.)
+template <class Optimizer>
+auto& optimizer_state_slot(Optimizer& optimizer, const at::Tensor& parameter) {
+  return optimizer.state()[optimizer_state_key(optimizer, parameter)];
+}
+
+// The state, or null when the parameter has none yet; inserts nothing.
+template <class Optimizer>
+auto* optimizer_state_if_any(Optimizer& optimizer, const at::Tensor& parameter) {
+  auto& state = optimizer.state();
+  auto it = state.find(optimizer_state_key(optimizer, parameter));
+  return it == state.end() ? nullptr : it->second.get();
 }
 
 // Whether train.precision=auto picks bf16 autocast on this device: on CUDA yes, on CPUs no (bf16

@@ -90,7 +90,7 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
           .to(at::kCPU);
   result.stop_requested = flags[1].item<bool>();
   if (!flags[0].item<bool>()) {
-    optimizer_->zero_grad();
+    clear_gradients();
     return result;
   }
   result.applied = true;
@@ -102,8 +102,14 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
 // Forward and backward over every micro-batch of this rank's shard of the global batch of
 // `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
 // come from its own (seed, step, global index) generator, so the split does not matter.
+// Gradients are dropped rather than zero-filled (as Python's zero_grad(set_to_none=True)):
+// backward then writes them instead of adding to zeros, saving a pass over every gradient.
+void TrainingStep::clear_gradients() {
+  for (auto& p : trainable_tensors_) p.mutable_grad().reset();
+}
+
 StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
-  optimizer_->zero_grad();
+  clear_gradients();
   const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
   const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
   const std::vector<int64_t> image_shape = {batch.images.size(1), batch.images.size(2),
@@ -155,6 +161,12 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
     }
   }
   reducer_->reduce();
+  // Parameters backward did not reach (experts no token chose) get zero gradients, as the
+  // reducer gives them on several ranks, so that they step alike everywhere (weight decay,
+  // moments) and alike under LibTorch 1.x and 2.x, whose zero_grad() differ.
+  for (auto& p : trainable_tensors_) {
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+  }
   // One small all-reduce carries the loss sums and whether any rank was asked to stop, so
   // every rank takes the same decisions (skip a step, stop) from the same numbers.
   // The extras ride along (every rank has the same names: the same backbone on every rank).

@@ -57,6 +57,7 @@ class TrainingStep {
 
  private:
   StepResult forward_backward(int64_t step, const Batch& batch);
+  void clear_gradients();
 
   const ExperimentConfig config_;
   const TrainConfig& tc_;

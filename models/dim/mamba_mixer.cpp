@@ -18,7 +18,7 @@ MambaMixerImpl::MambaMixerImpl(MambaOptions o) : options(o) {
   d_inner = o.expand * o.d_model;
   dt_rank = o.dt_rank > 0 ? o.dt_rank : (o.d_model + 15) / 16;
   auto linear = [](int64_t in, int64_t out, bool bias) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+    return Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
   in_proj = register_module("in_proj", linear(o.d_model, 2 * d_inner, false));
   conv1d = register_module("conv1d", torch::nn::Conv1d(torch::nn::Conv1dOptions(d_inner, d_inner, o.d_conv)

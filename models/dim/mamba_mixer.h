@@ -12,6 +12,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -30,7 +31,7 @@ class MambaMixerImpl : public torch::nn::Module {
 
   MambaOptions options;
   int64_t d_inner, dt_rank;
-  torch::nn::Linear in_proj{nullptr}, x_proj{nullptr}, dt_proj{nullptr}, out_proj{nullptr};
+  Linear in_proj{nullptr}, x_proj{nullptr}, dt_proj{nullptr}, out_proj{nullptr};
   torch::nn::Conv1d conv1d{nullptr};
   at::Tensor A_log, D;
 };

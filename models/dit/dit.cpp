@@ -42,7 +42,7 @@ at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tens
 }
 
 torch::nn::Sequential modulation(int64_t dim, int64_t chunks) {
-  return torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(dim, chunks * dim));
+  return torch::nn::Sequential(torch::nn::SiLU(), Linear(dim, chunks * dim));
 }
 }  // namespace
 
@@ -101,7 +101,7 @@ FinalLayerImpl::FinalLayerImpl(int64_t hidden_size, int64_t patch_size, int64_t 
     : adaptive(adaptive) {
   if (!adaptive) norm_final = register_module("norm_final", affine_norm(hidden_size));
   linear = register_module("linear",
-                           torch::nn::Linear(hidden_size, patch_size * patch_size * out_channels));
+                           Linear(hidden_size, patch_size * patch_size * out_channels));
   if (adaptive) adaLN_modulation = register_module("adaLN_modulation", modulation(hidden_size, 2));
 }
 
@@ -151,7 +151,7 @@ void DiT::initialize_weights() {
   namespace init = torch::nn::init;
   torch::NoGradGuard no_grad;
   for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* linear = module->as<torch::nn::Linear>()) {
+    if (auto* linear = module->as<Linear>()) {
       init::xavier_uniform_(linear->weight);  // the MoE experts too; the router keeps kaiming
       if (linear->bias.defined()) init::zeros_(linear->bias);
     }
@@ -161,18 +161,18 @@ void DiT::initialize_weights() {
   init::xavier_uniform_(w.view({w.size(0), -1}));
   init::zeros_(x_embedder->proj->bias);
   init::normal_(y_embedder->embedding_table->weight, 0.0, 0.02);
-  init::normal_(t_embedder->mlp[0]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
-  init::normal_(t_embedder->mlp[2]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
+  init::normal_(t_embedder->mlp[0]->as<Linear>()->weight, 0.0, 0.02);
+  init::normal_(t_embedder->mlp[2]->as<Linear>()->weight, 0.0, 0.02);
   // adaLN-Zero: every block starts as the identity, and the network outputs exactly zero.
   if (options_.conditioning == Conditioning::kAdaLNZero) {
     for (auto& block : *blocks) {
-      auto* linear = block->as<DiTBlockImpl>()->adaLN_modulation[1]->as<torch::nn::Linear>();
+      auto* linear = block->as<DiTBlockImpl>()->adaLN_modulation[1]->as<Linear>();
       init::zeros_(linear->weight);
       init::zeros_(linear->bias);
     }
   }
   if (final_layer->adaptive) {
-    auto* linear = final_layer->adaLN_modulation[1]->as<torch::nn::Linear>();
+    auto* linear = final_layer->adaLN_modulation[1]->as<Linear>();
     init::zeros_(linear->weight);
     init::zeros_(linear->bias);
   }

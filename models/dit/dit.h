@@ -15,6 +15,7 @@
 #include "models/dit_moe/sparse_moe.h"
 #include "models/layers/attention.h"
 #include "models/layers/embeddings.h"
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -71,7 +72,7 @@ class FinalLayerImpl : public torch::nn::Module {
   bool adaptive;
   torch::nn::Sequential adaLN_modulation{nullptr};
   torch::nn::LayerNorm norm_final{nullptr};  // affine, only when not adaptive
-  torch::nn::Linear linear{nullptr};
+  Linear linear{nullptr};
 };
 TORCH_MODULE(FinalLayer);
 

@@ -11,7 +11,7 @@ namespace ditlab {
 
 SwiGluImpl::SwiGluImpl(int64_t dim, int64_t hidden) {
   auto linear = [](int64_t in, int64_t out) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+    return Linear(torch::nn::LinearOptions(in, out).bias(false));
   };
   gate_proj = register_module("gate_proj", linear(dim, hidden));
   up_proj = register_module("up_proj", linear(dim, hidden));

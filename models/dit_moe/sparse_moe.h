@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -26,7 +27,7 @@ class SwiGluImpl : public torch::nn::Module {
  public:
   SwiGluImpl(int64_t dim, int64_t hidden);
   at::Tensor forward(const at::Tensor& x);
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(SwiGlu);
 

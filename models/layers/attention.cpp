@@ -28,8 +28,8 @@ void check_heads(int64_t dim, int64_t heads) {
 
 AttentionImpl::AttentionImpl(int64_t dim, int64_t num_heads) : num_heads(num_heads) {
   check_heads(dim, num_heads);
-  qkv = register_module("qkv", torch::nn::Linear(dim, 3 * dim));
-  proj = register_module("proj", torch::nn::Linear(dim, dim));
+  qkv = register_module("qkv", Linear(dim, 3 * dim));
+  proj = register_module("proj", Linear(dim, dim));
 }
 
 at::Tensor AttentionImpl::forward(const at::Tensor& x) {
@@ -43,9 +43,9 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
 
 CrossAttentionImpl::CrossAttentionImpl(int64_t dim, int64_t num_heads) : num_heads(num_heads) {
   check_heads(dim, num_heads);
-  q = register_module("q", torch::nn::Linear(dim, dim));
-  kv = register_module("kv", torch::nn::Linear(dim, 2 * dim));
-  proj = register_module("proj", torch::nn::Linear(dim, dim));
+  q = register_module("q", Linear(dim, dim));
+  kv = register_module("kv", Linear(dim, 2 * dim));
+  proj = register_module("proj", Linear(dim, dim));
 }
 
 at::Tensor CrossAttentionImpl::forward(const at::Tensor& x, const at::Tensor& context) {
@@ -58,8 +58,8 @@ at::Tensor CrossAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
 }
 
 MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
-  fc1 = register_module("fc1", torch::nn::Linear(dim, hidden_dim));
-  fc2 = register_module("fc2", torch::nn::Linear(hidden_dim, dim));
+  fc1 = register_module("fc1", Linear(dim, hidden_dim));
+  fc2 = register_module("fc2", Linear(hidden_dim, dim));
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {

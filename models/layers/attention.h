@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -11,7 +12,7 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(int64_t dim, int64_t num_heads);
   at::Tensor forward(const at::Tensor& x);  // [N, T, D] -> [N, T, D]
 
-  torch::nn::Linear qkv{nullptr}, proj{nullptr};
+  Linear qkv{nullptr}, proj{nullptr};
   int64_t num_heads;
 };
 TORCH_MODULE(Attention);
@@ -22,7 +23,7 @@ class CrossAttentionImpl : public torch::nn::Module {
   CrossAttentionImpl(int64_t dim, int64_t num_heads);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& context);  // [N,T,D], [N,S,D]
 
-  torch::nn::Linear q{nullptr}, kv{nullptr}, proj{nullptr};
+  Linear q{nullptr}, kv{nullptr}, proj{nullptr};
   int64_t num_heads;
 };
 TORCH_MODULE(CrossAttention);
@@ -33,7 +34,7 @@ class MlpImpl : public torch::nn::Module {
   MlpImpl(int64_t dim, int64_t hidden_dim);
   at::Tensor forward(const at::Tensor& x);
 
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(Mlp);
 

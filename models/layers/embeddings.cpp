@@ -22,9 +22,9 @@ at::Tensor timestep_frequency_embedding(const at::Tensor& t, int64_t dim, double
 
 TimestepEmbedderImpl::TimestepEmbedderImpl(int64_t hidden_size, int64_t frequency_size)
     : frequency_size(frequency_size) {
-  mlp = register_module("mlp", torch::nn::Sequential(torch::nn::Linear(frequency_size, hidden_size),
+  mlp = register_module("mlp", torch::nn::Sequential(Linear(frequency_size, hidden_size),
                                                      torch::nn::SiLU(),
-                                                     torch::nn::Linear(hidden_size, hidden_size)));
+                                                     Linear(hidden_size, hidden_size)));
 }
 
 at::Tensor TimestepEmbedderImpl::forward(const at::Tensor& t) {

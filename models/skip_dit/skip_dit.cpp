@@ -9,7 +9,7 @@
 namespace ditlab {
 
 SkipLinearImpl::SkipLinearImpl(int64_t hidden_size) {
-  linear = register_module("linear", torch::nn::Linear(2 * hidden_size, hidden_size));
+  linear = register_module("linear", Linear(2 * hidden_size, hidden_size));
 }
 
 namespace {

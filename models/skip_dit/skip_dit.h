@@ -10,6 +10,7 @@
 #include <torch/nn/modules/normalization.h>
 
 #include "models/dit/dit.h"
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -19,7 +20,7 @@ class SkipLinearImpl : public torch::nn::Module {
  public:
   explicit SkipLinearImpl(int64_t hidden_size);
   at::Tensor forward(const at::Tensor& merged) { return linear->forward(merged); }
-  torch::nn::Linear linear{nullptr};
+  Linear linear{nullptr};
 };
 TORCH_MODULE(SkipLinear);
 

@@ -36,7 +36,7 @@ DownsampledAttentionImpl::DownsampledAttentionImpl(int64_t dim, int64_t num_head
                       std::to_string(num_heads));
   }
   downsampler = register_module("downsampler", TokenDownsampler(dim));
-  to_qkv = register_module("to_qkv", torch::nn::Linear(dim, 3 * dim));
+  to_qkv = register_module("to_qkv", Linear(dim, 3 * dim));
   to_out = register_module("to_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(dim, dim, 1)));
   logit_scale = register_parameter("logit_scale", at::full({num_heads, 1, 1}, std::log(10.0)));
 }

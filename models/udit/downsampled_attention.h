@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
+#include "models/layers/linear.h"
 
 namespace ditlab {
 
@@ -36,7 +37,7 @@ class DownsampledAttentionImpl : public torch::nn::Module {
 
   int64_t num_heads;
   TokenDownsampler downsampler{nullptr};
-  torch::nn::Linear to_qkv{nullptr};
+  Linear to_qkv{nullptr};
   torch::nn::Conv2d to_out{nullptr};
   at::Tensor logit_scale;  // [heads, 1, 1], starts at ln 10
 };

@@ -22,7 +22,7 @@ at::Tensor modulate_2d(const at::Tensor& x, const at::Tensor& shift, const at::T
 at::Tensor per_pixel(const at::Tensor& gate) { return gate.unsqueeze(-1).unsqueeze(-1); }
 
 torch::nn::Sequential modulation(int64_t dim, int64_t chunks) {
-  return torch::nn::Sequential(torch::nn::SiLU(), torch::nn::Linear(dim, chunks * dim));
+  return torch::nn::Sequential(torch::nn::SiLU(), Linear(dim, chunks * dim));
 }
 
 torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, bool bias = true) {
@@ -139,7 +139,7 @@ void UDiT::initialize_weights() {
   torch::NoGradGuard no_grad;
   // Official: xavier-uniform every Linear and every Conv2d (depthwise and 1x1 too), zero biases.
   for (auto& module : modules(/*include_self=*/false)) {
-    if (auto* linear = module->as<torch::nn::Linear>()) {
+    if (auto* linear = module->as<Linear>()) {
       init::xavier_uniform_(linear->weight);
       init::zeros_(linear->bias);
     } else if (auto* conv2d = module->as<torch::nn::Conv2d>()) {
@@ -154,18 +154,18 @@ void UDiT::initialize_weights() {
     init::normal_((*y)->embedding_table->weight, 0.0, 0.02);
   }
   for (auto* t : {&t_embedder_1, &t_embedder_2, &t_embedder_3}) {
-    init::normal_((*t)->mlp[0]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
-    init::normal_((*t)->mlp[2]->as<torch::nn::Linear>()->weight, 0.0, 0.02);
+    init::normal_((*t)->mlp[0]->as<Linear>()->weight, 0.0, 0.02);
+    init::normal_((*t)->mlp[2]->as<Linear>()->weight, 0.0, 0.02);
   }
   // adaLN-Zero: both sub-layers of every block start as the identity; the output starts at 0.
   for (auto& block : all_blocks()) {
     for (auto* mod : {&block->adaLN_modulation1, &block->adaLN_modulation2}) {
-      auto* linear = (*mod)[1]->as<torch::nn::Linear>();
+      auto* linear = (*mod)[1]->as<Linear>();
       init::zeros_(linear->weight);
       init::zeros_(linear->bias);
     }
   }
-  auto* final_modulation = final_layer->adaLN_modulation[1]->as<torch::nn::Linear>();
+  auto* final_modulation = final_layer->adaLN_modulation[1]->as<Linear>();
   init::zeros_(final_modulation->weight);
   init::zeros_(final_modulation->bias);
   init::zeros_(final_layer->out_proj->weight);

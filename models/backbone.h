@@ -57,6 +57,9 @@ class Backbone : public torch::nn::Module {
   // interval > 1 with ConfigError.
   virtual void begin_sampling(const SamplingCache& cache);
   virtual void end_sampling() {}
+  // Whether AdamW's weight decay applies to the parameter `name` (its state-dict key). Most
+  // backbones decay everything; Mamba's A_log and D are exempt in the official DiM recipe.
+  virtual bool decays(const std::string& name) const { return true; }
 };
 
 }  // namespace ditlab

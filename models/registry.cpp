@@ -2,6 +2,7 @@
 
 #include <functional>
 
+#include "models/dim/dim.h"
 #include "models/dit/dit.h"
 #include "models/skip_dit/skip_dit.h"
 #include "models/udit/udit.h"
@@ -47,6 +48,13 @@ const std::vector<Preset>& presets() {
     for (const auto& [name, width, heads] : {std::tuple<const char*, int64_t, int64_t>{"U-DiT-S", 96, 4},
                                              {"U-DiT-B", 192, 8}, {"U-DiT-L", 384, 16}}) {
       out.push_back({name, "u-dit", 0, width, heads, 0, {2, 5, 8, 5, 2}});
+    }
+    // DiM: the paper's L/2 and H/2 (49 Mamba layers), and two small ones for experiments here
+    // (ours: DiT-S and DiT-B widths, 25 layers, odd so that block 0 + two halves of U-skips).
+    for (const auto& [name, depth, width] : {std::tuple<const char*, int64_t, int64_t>{"DiM-S/2", 25, 384},
+                                             {"DiM-B/2", 25, 768}, {"DiM-L/2", 49, 1024},
+                                             {"DiM-H/2", 49, 1536}}) {
+      out.push_back({name, "dim", depth, width, 0, 2, {}});
     }
     return out;
   }();
@@ -117,6 +125,35 @@ ModelCost udit_cost(const ModelConfig& c) {
   return {params, params, udit_forward_macs(o), c.input_size * c.input_size};
 }
 
+DiMOptions dim_options(const ModelConfig& c) {
+  DiMOptions o;
+  o.input_size = c.input_size;
+  o.patch_size = c.patch_size;
+  o.in_channels = c.in_channels;
+  o.hidden_size = c.hidden_size;
+  o.depth = c.depth;
+  o.num_classes = c.num_classes;
+  o.learn_sigma = c.learn_sigma;
+  o.with_null_class = c.class_dropout_prob > 0.0;
+  o.checkpoint_blocks = c.checkpoint_blocks;
+  return o;
+}
+
+std::shared_ptr<Backbone> build_dim(const ModelConfig& c) {
+  if (c.conditioning != "adaln_zero") {
+    throw ConfigError("model.conditioning '" + c.conditioning + "': dim is built with its own "
+                      "adaLN-single conditioning only (leave the default)");
+  }
+  return std::make_shared<DiM>(dim_options(c));
+}
+
+ModelCost dim_cost(const ModelConfig& c) {
+  const DiMOptions o = dim_options(c);
+  const int64_t params = dim_parameter_count(o);
+  const int64_t side = o.input_size / o.patch_size + o.d_conv;
+  return {params, params, dim_forward_macs(o), 2 + o.d_conv + side * side};
+}
+
 std::shared_ptr<Backbone> build_udit(const ModelConfig& c) {
   if (c.conditioning != "adaln_zero") {
     throw ConfigError("model.conditioning '" + c.conditioning + "': u-dit is built with adaln_zero only");
@@ -135,6 +172,8 @@ struct Family {
   Shape shape;
   double default_mlp_ratio;
   bool sampling_cache;  // implements Backbone::begin_sampling with a feature cache
+  bool attention = true;  // has attention heads (model.num_heads)
+  bool checkpoint_blocks = false;  // supports model.checkpoint_blocks
 };
 
 const std::vector<Family>& families() {
@@ -142,7 +181,9 @@ const std::vector<Family>& families() {
       {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false},
       {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true},
       {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false},
-      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false}};
+      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false},
+      {"dim", build_dim, dim_cost, Shape::kTokens, 0.0, false, /*attention=*/false,
+       /*checkpoint_blocks=*/true}};
   return table;
 }
 
@@ -212,7 +253,14 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
     }
   };
   require_size("hidden_size", c.hidden_size);
-  require_size("num_heads", c.num_heads);
+  if (family.attention) {
+    require_size("num_heads", c.num_heads);
+  } else {
+    reject("num_heads", c.num_heads != 0, "it has no attention (Mamba mixers)");
+    reject("mlp_ratio", config.mlp_ratio != 0.0, "its blocks have no MLP (one Mamba mixer each)");
+  }
+  reject("checkpoint_blocks", c.checkpoint_blocks && !family.checkpoint_blocks,
+         "activation checkpointing is implemented for dim only so far");
   if (family.shape == Shape::kTokens) {
     require_size("depth", c.depth);
     require_size("patch_size", c.patch_size);

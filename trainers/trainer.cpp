@@ -150,7 +150,8 @@ class Trainer {
 
   void log(int64_t done, ProgressBar& bar, TrainSummary& summary) {
     if (window_.empty()) return;
-    auto record = window_.record(done, loader_.sampler().epoch_of(done - 1), tc_.lr);
+    auto record = window_.record(done, loader_.sampler().epoch_of(done - 1),
+                                 learning_rate_at(tc_, done - 1));
     window_ = LogWindow();
     if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
     // Achieved model FLOP/s: 6 x forward MACs per image (forward + backward, 2 FLOPs per MAC)

@@ -45,6 +45,11 @@ std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) 
 
 }  // namespace
 
+double learning_rate_at(const TrainConfig& config, int64_t step) {
+  if (config.lr_warmup_steps <= 0 || step + 1 >= config.lr_warmup_steps) return config.lr;
+  return config.lr * static_cast<double>(step + 1) / static_cast<double>(config.lr_warmup_steps);
+}
+
 TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backbone> model,
                            c10::Device device, Communicator& communicator, bool with_ema)
     : config_(config),
@@ -60,11 +65,21 @@ TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backb
   if (ema_) ema_->shadow().to(device_);
   // The optimizer is built on the moved parameters (to() keeps their identity, but the state
   // must live on the device from the first step).
-  optimizer_ = std::make_unique<torch::optim::AdamW>(
-      trainable_tensors_, torch::optim::AdamWOptions(tc_.lr)
-                              .betas({tc_.adam_beta1, tc_.adam_beta2})
-                              .eps(tc_.adam_eps)
-                              .weight_decay(tc_.weight_decay));
+  // Two parameter groups when the backbone exempts some parameters from weight decay.
+  auto options = torch::optim::AdamWOptions(tc_.lr)
+                     .betas({tc_.adam_beta1, tc_.adam_beta2})
+                     .eps(tc_.adam_eps)
+                     .weight_decay(tc_.weight_decay);
+  std::vector<at::Tensor> decayed, exempt;
+  for (const auto& [name, p] : trainable_) (model_->decays(name) ? decayed : exempt).push_back(p);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decayed);
+  if (!exempt.empty()) {
+    auto no_decay = std::make_unique<torch::optim::AdamWOptions>(options);
+    no_decay->weight_decay(0.0);
+    groups.emplace_back(exempt, std::move(no_decay));
+  }
+  optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), options);
   diffusion_ = std::make_unique<GaussianDiffusion>(
       make_betas(config_.diffusion.schedule, config_.diffusion.steps, config_.diffusion.beta_start,
                  config_.diffusion.beta_end),
@@ -94,6 +109,10 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
     return result;
   }
   result.applied = true;
+  const double lr = learning_rate_at(tc_, step);
+  for (auto& group : optimizer_->param_groups()) {
+    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  }
   multi_tensor_adamw_step(*optimizer_);
   if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
   return result;

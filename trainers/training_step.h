@@ -37,6 +37,10 @@ struct StepResult {
   bool stop_requested = false;  // some rank received SIGINT / SIGTERM
 };
 
+// The learning rate of step `step` (0-based): train.lr after a linear warm-up of
+// train.lr_warmup_steps steps (lr * (step + 1) / N until then), as DiM's LambdaLR.
+double learning_rate_at(const TrainConfig& config, int64_t step);
+
 class TrainingStep {
  public:
   // `model` is built and initialised by the caller; it is moved to `device` and broadcast from

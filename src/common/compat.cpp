@@ -66,6 +66,10 @@ void set_autocast_dtype(c10::DeviceType d, c10::ScalarType t) {
 #endif
 }  // namespace
 
+AutocastState autocast_state(c10::DeviceType device) {
+  return {autocast_enabled(device), autocast_dtype(device)};
+}
+
 AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled)
     : device_(device), enabled_(enabled) {
   if (!enabled_) return;

@@ -22,6 +22,14 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
 
 // Mixed precision: turns autocast on for `device` with `dtype`, off again when destroyed.
 // A disabled guard does nothing, so callers need no branch.
+// Whether autocast is on for `device`, and its dtype (for code that re-runs a forward later,
+// such as activation checkpointing, which must reproduce the same casts).
+struct AutocastState {
+  bool enabled = false;
+  c10::ScalarType dtype = c10::ScalarType::BFloat16;
+};
+AutocastState autocast_state(c10::DeviceType device);
+
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled);

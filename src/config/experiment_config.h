@@ -30,6 +30,7 @@ struct ModelConfig {
   bool learn_sigma = true;
   double class_dropout_prob = 0.1;
   std::string conditioning = "adaln_zero";
+  bool checkpoint_blocks = false;  // activation checkpointing per block (dim)
   MoeConfig moe;
 };
 
@@ -55,6 +56,7 @@ struct TrainConfig {
   int64_t global_batch_size = 32;
   int64_t grad_accum_steps = 1;
   double lr = 1e-4;
+  int64_t lr_warmup_steps = 0;  // linear warm-up from lr / N to lr over the first N steps
   double weight_decay = 0.0;
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.999;

@@ -206,6 +206,21 @@ TEST_CASE("U-DiT trains on the shared trainer and samples with guidance", "[trai
 #endif
 }
 
+TEST_CASE("DiM trains on the shared trainer and samples with guidance", "[trainer]") {
+  TempDir dir("train");
+  auto run = dir / "dim";
+  auto config = load_experiment_config(
+      ditlab::testing::source_dir() + "/configs/debug/dim.yaml",
+      {"run.dir=" + run, "train.steps=30", "train.log_every=10", "sample.num_per_class=1",
+       "sample.steps=4", "model.checkpoint_blocks=true"});
+  auto summary = train(config);
+  INFO("first " << summary.first_loss << " last " << summary.last_loss);
+  CHECK(summary.last_loss < 0.8 * summary.first_loss);
+  auto weights = read_safetensors(run + "/ema.safetensors").tensors;
+  CHECK(weights.count("blocks.4.mixer.A_log") == 1);
+  CHECK(weights.count("skip_linears.1.linear.weight") == 1);
+}
+
 TEST_CASE("DiT-MoE trains and logs its load-balancing loss and expert loads", "[trainer]") {
   TempDir dir("train");
   auto run = dir / "moe";

@@ -66,7 +66,11 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
   for (const auto& key : check_resume_config(saved, config, options.allow_config_change)) {
     spdlog::warn("resuming with a changed {} (allowed by --allow-config-change)", key);
   }
-  if (found->step >= config.train.steps) {
+  // A checkpoint at the last step resumes only to write what a kill after it prevented (the
+  // final weights); a run that has them is finished.
+  const bool finished = fs::exists(fs::path(dir) / "model.safetensors") &&
+                        fs::exists(fs::path(dir) / "ema.safetensors");
+  if (found->step > config.train.steps || (found->step == config.train.steps && finished)) {
     throw ConfigError("the checkpoint is at step " + std::to_string(found->step) +
                       ", train.steps is " + std::to_string(config.train.steps) +
                       "; raise train.steps to train longer");

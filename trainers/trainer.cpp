@@ -66,6 +66,9 @@ class Trainer {
     window_.from_tensors(c.trainer_state);
     start_step_ = c.step;
     spdlog::info("resumed from step {} (epoch {})", c.step, loader_.sampler().epoch_of(c.step));
+    if (c.step == tc_.steps) {
+      spdlog::info("the run stopped after its last checkpoint: writing its final weights");
+    }
   }
 
   TrainSummary run() {

@@ -108,6 +108,7 @@ TEST_CASE("SIGKILL at random moments loses nothing but time: the result is bit-i
     for (const auto& d : list_checkpoints(dir / "killed")) CHECK_NOTHROW(load_checkpoint(d));
   }
   INFO("killed " << kills << " times");
+  INFO("log of the last attempt:\n" << read_file(dir / "killed.log"));
   REQUIRE(exit_code == 0);
   CHECK(kills >= 5);
   auto a = read_safetensors(dir / "reference/model.safetensors").tensors;

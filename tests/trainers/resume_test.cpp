@@ -93,6 +93,11 @@ TEST_CASE("a resumed run must keep the maths of the checkpoint", "[resume]") {
                     Catch::Contains("train.lr: checkpoint 0.001, now 0.5"));
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=3"}), resume),
                     Catch::Contains("raise train.steps"));
+  // Killed after its last checkpoint but before the final weights: resuming writes them.
+  std::filesystem::remove(dir / "run/model.safetensors");
+  auto finished = train(config_for(dir / "run", {"train.steps=3"}), resume);
+  CHECK(finished.start_step == 3);
+  CHECK(std::filesystem::exists(dir / "run/model.safetensors"));
   resume.allow_config_change = true;
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "model.depth=3"}), resume),
                     Catch::Contains("model.depth"));

@@ -67,15 +67,20 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
     spdlog::warn("resuming with a changed {} (allowed by --allow-config-change)", key);
   }
   // A checkpoint at the last step resumes only to write what a kill after it prevented (the
-  // final weights); a run that has them is finished.
-  const bool finished = fs::exists(fs::path(dir) / "model.safetensors") &&
-                        fs::exists(fs::path(dir) / "ema.safetensors");
-  if (found->step > config.train.steps || (found->step == config.train.steps && finished)) {
+  // final weights), or, with --resume auto, to find the run finished (train() then does nothing,
+  // so that a re-queued job of a finished run succeeds). Asked explicitly, it is an error.
+  const bool finished = run_is_finished(dir);
+  const bool nothing_to_do = found->step == config.train.steps && finished && options.resume != "auto";
+  if (found->step > config.train.steps || nothing_to_do) {
     throw ConfigError("the checkpoint is at step " + std::to_string(found->step) +
                       ", train.steps is " + std::to_string(config.train.steps) +
                       "; raise train.steps to train longer");
   }
   return found;
+}
+
+bool run_is_finished(const std::string& dir) {
+  return fs::exists(fs::path(dir) / "model.safetensors") && fs::exists(fs::path(dir) / "ema.safetensors");
 }
 
 void prepare_run_directory(const ExperimentConfig& config, const TrainOptions& options,

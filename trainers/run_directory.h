@@ -19,6 +19,9 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
 // `options.resume` is "auto" (then the leftovers of a run killed before its first checkpoint
 // are removed). Resuming: sets newer checkpoints aside and drops the metrics records the
 // resumed run will log again.
+// Whether `dir` holds a run's final weights (model.safetensors and ema.safetensors).
+bool run_is_finished(const std::string& dir);
+
 void prepare_run_directory(const ExperimentConfig& config, const TrainOptions& options,
                            const std::optional<Checkpoint>& resume_from);
 

@@ -263,6 +263,17 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   if (config.sample.at_end) check_sample_config(config.model, config.diffusion, config.sample);
 
   std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
+  if (resume_from && resume_from->step == config.train.steps && run_is_finished(config.run.dir)) {
+    // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched.
+    if (communicator.is_main()) {
+      spdlog::info("{} is finished (step {}); raise train.steps to train longer", config.run.dir,
+                   config.train.steps);
+    }
+    TrainSummary summary;
+    summary.run_dir = config.run.dir;
+    summary.start_step = summary.steps = config.train.steps;
+    return summary;
+  }
   if (communicator.is_main()) {
     prepare_run_directory(config, options, resume_from);
     log::add_file_sink(config.run.dir + "/train.log");

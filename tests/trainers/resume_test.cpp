@@ -91,7 +91,16 @@ TEST_CASE("a resumed run must keep the maths of the checkpoint", "[resume]") {
   resume.resume = "auto";
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "train.lr=0.5"}), resume),
                     Catch::Contains("train.lr: checkpoint 0.001, now 0.5"));
-  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=3"}), resume),
+  // A finished run: --resume auto has nothing to do (a re-queued job succeeds), an explicit
+  // checkpoint at the last step is an error.
+  const auto weights_before = std::filesystem::last_write_time(dir / "run/model.safetensors");
+  auto again = train(config_for(dir / "run", {"train.steps=3"}), resume);
+  CHECK(again.start_step == 3);
+  CHECK(again.steps == 3);
+  CHECK(std::filesystem::last_write_time(dir / "run/model.safetensors") == weights_before);
+  TrainOptions explicit_resume;
+  explicit_resume.resume = dir / "run/checkpoints/step-00000003";
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=3"}), explicit_resume),
                     Catch::Contains("raise train.steps"));
   // Killed after its last checkpoint but before the final weights: resuming writes them.
   std::filesystem::remove(dir / "run/model.safetensors");

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <sstream>
+
 #include "src/common/error.h"
 
 namespace ditlab {
@@ -22,6 +24,18 @@ at::Tensor Backbone::forward_with_cfg(const at::Tensor& x, const at::Tensor& t,
   auto cond = eps.narrow(0, 0, n / 2), uncond = eps.narrow(0, n / 2, n / 2);
   auto guided_eps = uncond + scale * (cond - uncond);
   return at::cat({at::cat({guided_eps, guided_eps}, 0), rest}, 1);
+}
+
+void Backbone::check_input(const char* model, const at::Tensor& x) const {
+  const BackboneShape s = shape();
+  if (x.dim() == 4 && x.size(1) == s.in_channels && x.size(2) == s.input_size &&
+      x.size(3) == s.input_size) {
+    return;
+  }
+  std::ostringstream msg;
+  msg << model << " expects x of shape [N, " << s.in_channels << ", " << s.input_size << ", "
+      << s.input_size << "], got " << x.sizes();
+  throw ShapeError(msg.str());
 }
 
 void Backbone::begin_sampling(const SamplingCache& cache) {

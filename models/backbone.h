@@ -60,6 +60,11 @@ class Backbone : public torch::nn::Module {
   // Whether AdamW's weight decay applies to the parameter `name` (its state-dict key). Most
   // backbones decay everything; Mamba's A_log and D are exempt in the official DiM recipe.
   virtual bool decays(const std::string& name) const { return true; }
+
+ protected:
+  // Throws ShapeError unless x is [N, in_channels, input_size, input_size] (per shape()),
+  // naming `model` and both shapes.
+  void check_input(const char* model, const at::Tensor& x) const;
 };
 
 }  // namespace ditlab

@@ -47,7 +47,7 @@ fi
 
 bench() {  # label, timeout, command...
   local label=$1 limit=$2; shift 2
-  if (( $(left) < limit )); then echo "skip $label (time)" >>"$log/bench.jsonl.txt"; return; fi
+  if (( $(left) < limit )); then echo "skip $label (time)" >>"$log/summary.txt"; return; fi
   echo "== $label" >>"$log/bench_stderr.txt"
   timeout "$limit" "$@" 2>>"$log/bench_stderr.txt" | sed "s|^{|{\"label\": \"$label\", |" >>"$log/bench.jsonl"
 }

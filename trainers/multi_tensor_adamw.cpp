@@ -23,12 +23,15 @@ struct Lists {
 
 void multi_tensor_adamw_step(torch::optim::AdamW& optimizer) {
   torch::NoGradGuard no_grad;
+  // Decided before any group steps: a fallback after a first group would step it twice.
   for (auto& group : optimizer.param_groups()) {
-    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
-    if (options.amsgrad()) {
+    if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) {
       optimizer.step();
       return;
     }
+  }
+  for (auto& group : optimizer.param_groups()) {
+    const auto& options = static_cast<const torch::optim::AdamWOptions&>(group.options());
     std::map<int64_t, Lists> by_step;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;

@@ -118,15 +118,15 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
   return result;
 }
 
-// Forward and backward over every micro-batch of this rank's shard of the global batch of
-// `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
-// come from its own (seed, step, global index) generator, so the split does not matter.
 // Gradients are dropped rather than zero-filled (as Python's zero_grad(set_to_none=True)):
 // backward then writes them instead of adding to zeros, saving a pass over every gradient.
 void TrainingStep::clear_gradients() {
   for (auto& p : trainable_tensors_) p.mutable_grad().reset();
 }
 
+// Forward and backward over every micro-batch of this rank's shard of the global batch of
+// `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
+// come from its own (seed, step, global index) generator, so the split does not matter.
 StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   clear_gradients();
   const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();

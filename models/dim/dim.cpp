@@ -10,6 +10,7 @@
 
 #include "models/dim/block_checkpoint.h"
 #include "src/common/error.h"
+#include "src/common/text.h"
 
 namespace ditlab {
 namespace {
@@ -169,13 +170,7 @@ BackboneShape DiM::shape() const {
 
 at::Tensor DiM::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
-  if (x.dim() != 4 || x.size(1) != o.in_channels || x.size(2) != o.input_size ||
-      x.size(3) != o.input_size) {
-    std::ostringstream msg;
-    msg << "DiM expects x of shape [N, " << o.in_channels << ", " << o.input_size << ", "
-        << o.input_size << "], got " << x.sizes();
-    throw ShapeError(msg.str());
-  }
+  check_input("DiM", x);
   const int64_t n = x.size(0), D = o.hidden_size, g = grid(), pad = o.d_conv;
   auto time_token = timestep_frequency_embedding(t, D).to(pos_embed.scalar_type());
   auto class_token = label_emb->forward(y);
@@ -237,25 +232,14 @@ BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::
   auto m = final_modulation->forward(at::silu(cond)).chunk(2, 1);  // shift, scale
   image_tokens = image_tokens * (1 + m[1].unsqueeze(1)) + m[0].unsqueeze(1);
   BackboneOutput out;
-  out.out = unpatchify(final_linear->forward(image_tokens));
+  out.out = unpatchify(final_linear->forward(image_tokens), o.patch_size, out_channels(o));
   return out;
-}
-
-at::Tensor DiM::unpatchify(const at::Tensor& tokens) const {
-  const int64_t p = options_.patch_size, c = out_channels(options_);
-  const int64_t h = grid(), n = tokens.size(0);
-  auto x = tokens.reshape({n, h, h, p, p, c});
-  x = x.permute({0, 5, 1, 3, 2, 4});
-  return x.reshape({n, c, h * p, h * p});
 }
 
 int64_t DiM::forward_macs() const { return dim_forward_macs(options_); }
 
 bool DiM::decays(const std::string& name) const {
-  auto ends_with = [&](const std::string& suffix) {
-    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  return !ends_with(".A_log") && !ends_with(".mixer.D");
+  return !ends_with(name, ".A_log") && !ends_with(name, ".mixer.D");
 }
 
 namespace {
@@ -303,7 +287,8 @@ int64_t dim_parameter_count(const DiMOptions& o) {
   n += o.depth * (D + 3 * D + mixer_cost(o).parameters);
   const int64_t skips = (o.depth - 1) / 2;
   n += skips * (D > 512 ? 2 * (D * D + D) : 2 * D * D + D);
-  n += D + (D * 2 * D + 2 * D) + (D * patch / o.in_channels * out_channels(o) + patch / o.in_channels * out_channels(o));
+  const int64_t out_per_token = o.patch_size * o.patch_size * out_channels(o);
+  n += D + (D * 2 * D + 2 * D) + (D * out_per_token + out_per_token);  // norm_f, modulation, linear
   return n;
 }
 

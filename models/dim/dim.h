@@ -101,7 +101,6 @@ class DiM : public Backbone {
 
  private:
   at::Tensor run_block(int64_t i, const at::Tensor& r, const at::Tensor& c3);
-  at::Tensor unpatchify(const at::Tensor& x) const;
 
   DiMOptions options_;
   int64_t skips_ = 0;                  // blocks 1..skips_ push, the last skips_ blocks merge

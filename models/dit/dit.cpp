@@ -180,23 +180,9 @@ void DiT::initialize_weights() {
   init::zeros_(final_layer->linear->bias);
 }
 
-at::Tensor DiT::unpatchify(const at::Tensor& tokens) const {
-  const int64_t p = options_.patch_size, c = shape().out_channels;
-  const int64_t h = options_.input_size / p, n = tokens.size(0);
-  auto x = tokens.reshape({n, h, h, p, p, c});  // [N, T, p*p*C] -> [N, h, w, p, q, C]
-  x = x.permute({0, 5, 1, 3, 2, 4});            // -> [N, C, h, p, w, q]
-  return x.reshape({n, c, h * p, h * p});       // -> [N, C, H, W]
-}
-
 DiT::Embedded DiT::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
-  if (x.dim() != 4 || x.size(1) != o.in_channels || x.size(2) != o.input_size ||
-      x.size(3) != o.input_size) {
-    std::ostringstream msg;
-    msg << "DiT expects x of shape [N, " << o.in_channels << ", " << o.input_size << ", "
-        << o.input_size << "], got " << x.sizes();
-    throw ShapeError(msg.str());
-  }
+  check_input("DiT", x);
   auto tokens = x_embedder->forward(x) + pos_embed;  // [N, T, D]
   auto t_emb = t_embedder->forward(t);               // [N, D]
   auto y_emb = y_embedder->forward(y);               // [N, D]
@@ -220,7 +206,8 @@ at::Tensor DiT::head(const at::Tensor& tokens, const at::Tensor& cond) {
   auto image_tokens = options_.conditioning == Conditioning::kInContext
                           ? tokens.narrow(1, 2, tokens.size(1) - 2)
                           : tokens;
-  return unpatchify(final_layer->forward(image_tokens, cond));
+  return unpatchify(final_layer->forward(image_tokens, cond), options_.patch_size,
+                    shape().out_channels);
 }
 
 BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {

@@ -94,9 +94,6 @@ class DiT : public Backbone {
   // The official initialisation (DiT.initialize_weights).
   void initialize_weights();
 
-  // [N, T, p*p*C] -> [N, C, H, W]; each token's vector is ordered (p_row, p_col, channel).
-  at::Tensor unpatchify(const at::Tensor& tokens) const;
-
   // Tokens and condition after the embedders: what the blocks consume.
   struct Embedded {
     at::Tensor tokens;  // [N, T, D] (in-context: [N, 2 + T, D])

@@ -68,4 +68,12 @@ at::Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid_size) {
   return at::cat({encode(cols), encode(rows)}, 1).to(at::kFloat);  // [T, dim]
 }
 
+at::Tensor unpatchify(const at::Tensor& tokens, int64_t patch_size, int64_t channels) {
+  const int64_t p = patch_size, n = tokens.size(0);
+  const auto g = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(tokens.size(1)))));
+  auto x = tokens.reshape({n, g, g, p, p, channels});  // [N, h, w, p, q, C]
+  x = x.permute({0, 5, 1, 3, 2, 4});                   // -> [N, C, h, p, w, q]
+  return x.reshape({n, channels, g * p, g * p});        // -> [N, C, H, W]
+}
+
 }  // namespace ditlab

@@ -47,6 +47,10 @@ class PatchEmbedImpl : public torch::nn::Module {
 };
 TORCH_MODULE(PatchEmbed);
 
+// PatchEmbed's inverse for a model's output: [N, g*g, p*p*C] -> [N, C, g*p, g*p], each token's
+// vector ordered (p_row, p_col, channel) as the official DiT's unpatchify.
+at::Tensor unpatchify(const at::Tensor& tokens, int64_t patch_size, int64_t channels);
+
 // MAE's fixed 2-D sin-cos position embedding: [grid*grid, dim] float32. The first dim/2 channels
 // encode the column, the rest the row; each as [sin, cos] of pos * 10000^(-k/(dim/4)).
 at::Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid_size);

@@ -173,14 +173,7 @@ void UDiT::initialize_weights() {
 }
 
 BackboneOutput UDiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
-  const auto& o = options_;
-  if (x.dim() != 4 || x.size(1) != o.in_channels || x.size(2) != o.input_size ||
-      x.size(3) != o.input_size) {
-    std::ostringstream msg;
-    msg << "U-DiT expects x of shape [N, " << o.in_channels << ", " << o.input_size << ", "
-        << o.input_size << "], got " << x.sizes();
-    throw ShapeError(msg.str());
-  }
+  check_input("U-DiT", x);
   auto c1 = t_embedder_1->forward(t) + y_embedder_1->forward(y);
   auto c2 = t_embedder_2->forward(t) + y_embedder_2->forward(y);
   auto c3 = t_embedder_3->forward(t) + y_embedder_3->forward(y);

@@ -144,7 +144,6 @@ def main():
         if i >= a.warmup:
             times.append(1e3 * (time.perf_counter() - start))
     med = statistics.median(times)
-    macs = {"S": 6.06, "B": 23.01, "L": 80.71, "XL": 118.64}  # only meaningful at 32x32, patch 2
     rec = dict(mode="train", impl="pytorch" + ("-compile" if a.compile else "-eager"), model=a.model,
                device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                precision=precision, batch=a.batch, input_size=a.input_size, in_channels=a.in_channels,

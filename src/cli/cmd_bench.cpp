@@ -130,6 +130,9 @@ int run_bench(int argc, char** argv) {
       device.is_cuda() ? compat::device_name(device) : cpu_model_name();
   const double peak = args.has("peak-tflops") ? args.get_double("peak-tflops", 0.0)
                                               : default_peak_tflops(device, device_name, bf16);
+  if (peak < 0) {
+    throw UsageError("bench: --peak-tflops must be >= 0 (0: no MFU), not " + args.require("peak-tflops"));
+  }
 
   // One process on its own: the communicator's collectives are no-ops.
   Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(60), device.is_cuda());
@@ -147,7 +150,6 @@ int run_bench(int argc, char** argv) {
 
   std::vector<double> step_ms;
   double flops_per_iteration = 0.0;  // model FLOPs of one timed iteration
-  double images_per_iteration = static_cast<double>(batch);
   if (!sample_mode) {
     TrainingStep step(config, model, device, communicator, /*with_ema=*/true);
     step.model().train();
@@ -179,7 +181,7 @@ int run_bench(int argc, char** argv) {
     }
   }
   const double med = median(step_ms);
-  const double images_per_s = images_per_iteration / (med / 1e3);
+  const double images_per_s = static_cast<double>(batch) / (med / 1e3);
   const double tflops = flops_per_iteration / (med / 1e3) / 1e12;
   // A sampling run's step is one sampler step (one guided network evaluation of the batch).
   const double per_step = sample_mode ? 1.0 / static_cast<double>(config.sample.steps) : 1.0;

@@ -209,7 +209,7 @@ TEST_CASE("unpatchify inverts patchify with (p_row, p_col, channel) per token", 
           for (int c = 0; c < 3; ++c)
             tokens.select(1, i * 4 + j).select(1, (pr * 2 + pc) * 3 + c)
                 .copy_(x.select(1, c).select(1, 2 * i + pr).select(1, 2 * j + pc));
-  CHECK(at::equal(dit.unpatchify(tokens), x));
+  CHECK(at::equal(unpatchify(tokens, o.patch_size, dit.shape().out_channels), x));
 }
 
 TEST_CASE("forward_with_cfg guides the chosen channels and leaves the rest", "[dit]") {

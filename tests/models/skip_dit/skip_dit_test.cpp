@@ -73,7 +73,7 @@ at::Tensor reference_forward(SkipDiT& m, const at::Tensor& x, const at::Tensor& 
     h = m.blocks[i]->as<DiTBlockImpl>()->forward(h, c);
     outputs[i] = h;
   }
-  return m.unpatchify(m.final_layer->forward(h, c));
+  return unpatchify(m.final_layer->forward(h, c), m.options().patch_size, m.shape().out_channels);
 }
 
 }  // namespace

@@ -46,4 +46,9 @@ void Backbone::begin_sampling(const SamplingCache& cache) {
   }
 }
 
+OptimizerScaling Backbone::optimizer_scaling(const std::string& name) const {
+  auto it = optimizer_scaling_.find(name);
+  return it == optimizer_scaling_.end() ? OptimizerScaling{} : it->second;
+}
+
 }  // namespace ditlab

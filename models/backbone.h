@@ -10,6 +10,8 @@
 
 namespace ditlab {
 
+class WidthRoles;
+
 struct BackboneOutput {
   at::Tensor out;       // [N, C_out, H, W]
   at::Tensor aux_loss;  // scalar added to the diffusion loss; undefined if none
@@ -26,6 +28,13 @@ struct BackboneShape {
 };
 
 // Options of one sampling run that a backbone may use to trade exactness for speed.
+// µP's per-parameter AdamW multipliers (models/mup/parametrization.h); 1 and 1 under the standard
+// parametrization.
+struct OptimizerScaling {
+  double lr = 1.0;
+  double weight_decay = 1.0;
+};
+
 struct SamplingCache {
   int64_t interval = 1;  // run the whole network every interval-th step; 1 = always (no cache)
   int64_t depth = 4;     // blocks at each end that still run on the other steps
@@ -61,10 +70,22 @@ class Backbone : public torch::nn::Module {
   // backbones decay everything; Mamba's A_log and D are exempt in the official DiM recipe.
   virtual bool decays(const std::string& name) const { return true; }
 
+  // µP: the width role and the standard initialisation law of every trainable parameter,
+  // declared by the layers that own them (models/mup/width_roles.h).
+  virtual void declare_width_roles(WidthRoles& roles) const = 0;
+  // The multipliers µP assigned to the parameter `name` (its state-dict key).
+  OptimizerScaling optimizer_scaling(const std::string& name) const;
+  void set_optimizer_scaling(std::map<std::string, OptimizerScaling> scaling) {
+    optimizer_scaling_ = std::move(scaling);
+  }
+
  protected:
   // Throws ShapeError unless x is [N, in_channels, input_size, input_size] (per shape()),
   // naming `model` and both shapes.
   void check_input(const char* model, const at::Tensor& x) const;
+
+ private:
+  std::map<std::string, OptimizerScaling> optimizer_scaling_;  // empty: standard parametrization
 };
 
 }  // namespace ditlab

@@ -1,9 +1,12 @@
 #include "models/registry.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <functional>
 
 #include "models/dim/dim.h"
 #include "models/dit/dit.h"
+#include "models/mup/parametrization.h"
 #include "models/skip_dit/skip_dit.h"
 #include "models/udit/udit.h"
 #include "src/common/error.h"
@@ -259,6 +262,16 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
     reject("num_heads", c.num_heads != 0, "it has no attention (Mamba mixers)");
     reject("mlp_ratio", config.mlp_ratio != 0.0, "its blocks have no MLP (one Mamba mixer each)");
   }
+  if (c.mup.enabled) {
+    mup_base_config(c);  // checks mup.base_width
+    reject("mup.base_num_heads", !family.attention && c.mup.base_num_heads != 0,
+           "it has no attention heads");
+    reject("mup.attn_mult", !family.attention && c.mup.attn_mult != 0.0, "it has no attention");
+    // U-DiT's attention is cosine attention (unit q and k, a learned logit scale): its logits do
+    // not grow with head_dim, so the 1/head_dim rule has nothing to correct.
+    reject("mup.attn_mult", family.name == std::string("u-dit") && c.mup.attn_mult != 0.0,
+           "its attention is cosine attention, whose logits do not grow with head_dim");
+  }
   reject("checkpoint_blocks", c.checkpoint_blocks && !family.checkpoint_blocks,
          "activation checkpointing is implemented for dim only so far");
   if (family.shape == Shape::kTokens) {
@@ -300,7 +313,29 @@ bool has_sampling_cache(const std::string& model_name) {
 std::shared_ptr<Backbone> build_backbone(const ModelConfig& config) {
   const Preset* preset = nullptr;
   const Family& family = family_for(config.name, &preset);
-  return family.build(resolve_model_config(config));
+  const ModelConfig resolved = resolve_model_config(config);
+  std::shared_ptr<Backbone> model = family.build(resolved);
+  if (!resolved.mup.enabled) return model;
+  // µP: the same architecture at the base width supplies the base shapes. It is built only when
+  // the widths differ, and without consuming the global generator, so that a µP model at its
+  // base width is the standard model bit for bit and other widths draw the same stream after.
+  const ModelConfig base_config = mup_base_config(resolved);
+  std::shared_ptr<Backbone> base = model;
+  if (base_config.hidden_size != resolved.hidden_size || base_config.num_heads != resolved.num_heads) {
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    const at::Tensor state = generator.get_state();
+    try {
+      base = family.build(base_config);
+    } catch (const Error& e) {
+      generator.set_state(state);
+      throw ConfigError("model.mup.base_width " + std::to_string(base_config.hidden_size) +
+                        " (heads " + std::to_string(base_config.num_heads) +
+                        "): the base-width model cannot be built: " + e.what());
+    }
+    generator.set_state(state);
+  }
+  apply_mup(*model, *base, resolved.mup);
+  return model;
 }
 
 }  // namespace ditlab

@@ -4,6 +4,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
+
 #include "models/registry.h"
 #include "src/common/compat.h"
 #include "src/diffusion/gaussian_diffusion.h"
@@ -65,19 +67,31 @@ TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backb
   if (ema_) ema_->shadow().to(device_);
   // The optimizer is built on the moved parameters (to() keeps their identity, but the state
   // must live on the device from the first step).
-  // Two parameter groups when the backbone exempts some parameters from weight decay.
+  // One parameter group per (lr multiplier, weight decay): µP's hidden weights get lr / m and
+  // weight decay * m, and the backbone may exempt parameters from weight decay. Groups are made
+  // in the order their first parameter appears, so the standard parametrization has the decayed
+  // group first.
   auto options = torch::optim::AdamWOptions(tc_.lr)
                      .betas({tc_.adam_beta1, tc_.adam_beta2})
                      .eps(tc_.adam_eps)
                      .weight_decay(tc_.weight_decay);
-  std::vector<at::Tensor> decayed, exempt;
-  for (const auto& [name, p] : trainable_) (model_->decays(name) ? decayed : exempt).push_back(p);
+  std::vector<std::pair<OptimizerScaling, std::vector<at::Tensor>>> grouped;
+  for (const auto& [name, p] : trainable_) {
+    OptimizerScaling scaling = model_->optimizer_scaling(name);
+    if (!model_->decays(name)) scaling.weight_decay = 0.0;
+    auto same = [&](const auto& g) {
+      return g.first.lr == scaling.lr && g.first.weight_decay == scaling.weight_decay;
+    };
+    auto it = std::find_if(grouped.begin(), grouped.end(), same);
+    if (it == grouped.end()) it = grouped.insert(grouped.end(), {scaling, {}});
+    it->second.push_back(p);
+  }
   std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decayed);
-  if (!exempt.empty()) {
-    auto no_decay = std::make_unique<torch::optim::AdamWOptions>(options);
-    no_decay->weight_decay(0.0);
-    groups.emplace_back(exempt, std::move(no_decay));
+  for (const auto& [scaling, params] : grouped) {
+    auto group_options = std::make_unique<torch::optim::AdamWOptions>(options);
+    group_options->weight_decay(tc_.weight_decay * scaling.weight_decay);
+    groups.emplace_back(params, std::move(group_options));
+    group_lr_multipliers_.push_back(scaling.lr);
   }
   optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), options);
   diffusion_ = std::make_unique<GaussianDiffusion>(
@@ -109,9 +123,11 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
     return result;
   }
   result.applied = true;
+  // The schedule scales each group's own multiplier (µP), never overwrites it.
   const double lr = learning_rate_at(tc_, step);
-  for (auto& group : optimizer_->param_groups()) {
-    static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+  auto& param_groups = optimizer_->param_groups();
+  for (size_t g = 0; g < param_groups.size(); ++g) {
+    static_cast<torch::optim::AdamWOptions&>(param_groups[g].options()).lr(lr * group_lr_multipliers_[g]);
   }
   multi_tensor_adamw_step(*optimizer_);
   if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));

@@ -73,6 +73,7 @@ class TrainingStep {
   const NamedParameters trainable_;  // listed once: the step uses them every time
   const std::vector<at::Tensor> trainable_tensors_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
+  std::vector<double> group_lr_multipliers_;  // per optimizer group: µP's lr multiplier
   std::unique_ptr<GaussianDiffusion> diffusion_;
   std::unique_ptr<GradReducer> reducer_;
   at::Tensor stop_flag_;  // > 0 when some rank was asked to stop (summed over ranks), on the device

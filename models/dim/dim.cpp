@@ -10,6 +10,7 @@
 
 #include "models/dim/block_checkpoint.h"
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 #include "src/common/text.h"
 
 namespace ditlab {
@@ -33,6 +34,11 @@ class DiMSkipImpl : public torch::nn::Module {
       linear_b = register_module("linear_b", Linear(dim, dim));
     } else {
       linear = register_module("linear", Linear(2 * dim, dim));
+    }
+  }
+  void declare_width_roles(WidthRoles roles) const {
+    for (const char* name : {"linear", "linear_a", "linear_b"}) {
+      if (named_children().contains(name)) roles.layer(name, WidthRole::kHidden, InitLaw::kFanIn);
     }
   }
   at::Tensor forward(const at::Tensor& x, const at::Tensor& skip) {
@@ -94,6 +100,12 @@ DiMBlockImpl::DiMBlockImpl(int64_t dim, const MambaOptions& mamba, int64_t depth
   mixer->out_proj->weight.div_(std::sqrt(static_cast<double>(depth)));
 }
 
+void DiMBlockImpl::declare_width_roles(WidthRoles roles) const {
+  roles.param("norm_weight", WidthRole::kVector, InitLaw::kConstant);
+  roles.param("scale_shift_table", WidthRole::kVector, InitLaw::kFanIn);  // N(0, 1/D)
+  mixer->declare_width_roles(roles.scope("mixer"));
+}
+
 at::Tensor DiMBlockImpl::forward(const at::Tensor& r, const at::Tensor& c3, const at::Tensor& order,
                                  const at::Tensor& inverse) {
   auto m = c3 + scale_shift_table.unsqueeze(0);  // [N, 3, D]: shift, scale, gate
@@ -101,7 +113,28 @@ at::Tensor DiMBlockImpl::forward(const at::Tensor& r, const at::Tensor& c3, cons
        gate = m.select(1, 2).unsqueeze(1);
   auto h = rms_norm(r, norm_weight) * (1 + scale) + shift;
   h = mixer->forward(h.index_select(1, order)).index_select(1, inverse);
-  return (1 + gate) * h;
+  return probe("block", (1 + gate) * h);
+}
+
+void DiM::declare_width_roles(WidthRoles& roles) const {
+  x_embedder->declare_width_roles(roles.scope("x_embedder"), InitLaw::kFanIn);  // PyTorch default
+  roles.layer("first_smoother", WidthRole::kVector, InitLaw::kFanIn);  // depthwise 3x3
+  roles.layer("last_smoother", WidthRole::kVector, InitLaw::kFanIn);
+  roles.param("label_emb.weight", WidthRole::kInput, InitLaw::kConstant);
+  roles.param("adaln_label_emb.weight", WidthRole::kInput, InitLaw::kConstant);
+  t_embedder->declare_width_roles(roles.scope("t_embedder"));
+  roles.layer("adaln_single", WidthRole::kHidden, InitLaw::kFanIn);
+  for (const char* name : {"pos_embed", "pad_token", "dec_split_pad", "norm_f_weight"}) {
+    roles.param(name, WidthRole::kVector, InitLaw::kConstant);
+  }
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    blocks->ptr(i)->as<DiMBlockImpl>()->declare_width_roles(roles.scope("blocks." + std::to_string(i)));
+  }
+  for (size_t i = 0; i < skip_linears->size(); ++i) {
+    skip_linears->ptr(i)->as<DiMSkipImpl>()->declare_width_roles(roles.scope("skip_linears." + std::to_string(i)));
+  }
+  roles.layer("final_modulation", WidthRole::kHidden, InitLaw::kFanIn);
+  roles.layer("final_linear", WidthRole::kOutput, InitLaw::kFanIn);  // PyTorch default, bias 0
 }
 
 DiM::DiM(const DiMOptions& options) : options_(options) {
@@ -199,7 +232,7 @@ at::Tensor DiM::run_block(int64_t i, const at::Tensor& r, const at::Tensor& c3) 
 BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
   const int64_t n = x.size(0), D = o.hidden_size, g = grid(), pad = o.d_conv;
-  auto tokens = embed(x, t, y);
+  auto tokens = probe("embed", embed(x, t, y));
   // adaLN-single: one modulation for every block (each adds its own table).
   auto c = t_embedder->forward(t) + adaln_label_emb->forward(y);
   auto c3 = adaln_single->forward(at::silu(c)).view({n, 3, D});
@@ -232,7 +265,7 @@ BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::
   auto m = final_modulation->forward(at::silu(cond)).chunk(2, 1);  // shift, scale
   image_tokens = image_tokens * (1 + m[1].unsqueeze(1)) + m[0].unsqueeze(1);
   BackboneOutput out;
-  out.out = unpatchify(final_linear->forward(image_tokens), o.patch_size, out_channels(o));
+  out.out = probe("output", unpatchify(final_linear->forward(image_tokens), o.patch_size, out_channels(o)));
   return out;
 }
 

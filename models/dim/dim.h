@@ -65,6 +65,7 @@ class DiMBlockImpl : public torch::nn::Module {
   // token permutation of this block's scan. Returns the mixer's contribution h [N, L, D].
   at::Tensor forward(const at::Tensor& r, const at::Tensor& c3, const at::Tensor& order,
                      const at::Tensor& inverse);
+  void declare_width_roles(WidthRoles roles) const;
 
   at::Tensor norm_weight, scale_shift_table;
   MambaMixer mixer{nullptr};
@@ -79,6 +80,7 @@ class DiM : public Backbone {
   BackboneShape shape() const override;
   int64_t forward_macs() const override;
   bool decays(const std::string& name) const override;  // not A_log and D (as mamba_ssm)
+  void declare_width_roles(WidthRoles& roles) const override;
   const DiMOptions& options() const { return options_; }
 
   int64_t grid() const { return options_.input_size / options_.patch_size; }

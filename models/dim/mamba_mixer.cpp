@@ -8,6 +8,7 @@
 
 #include "models/dim/selective_scan.h"
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 
 namespace ditlab {
 
@@ -38,6 +39,17 @@ MambaMixerImpl::MambaMixerImpl(MambaOptions o) : options(o) {
   dt_proj->bias.copy_(dt + at::log(-at::expm1(-dt)));
 }
 
+void MambaMixerImpl::declare_width_roles(WidthRoles roles) const {
+  // dt_rank = ceil(D / 16) grows with the width, so x_proj and dt_proj are hidden too.
+  for (const char* name : {"in_proj", "x_proj", "out_proj"}) {
+    roles.layer(name, WidthRole::kHidden, InitLaw::kFanIn, /*bias=*/false);
+  }
+  roles.layer("dt_proj", WidthRole::kHidden, InitLaw::kFanIn);  // bias: dt's inverse softplus
+  roles.layer("conv1d", WidthRole::kVector, InitLaw::kFanIn);   // depthwise, fan-in d_conv
+  roles.param("A_log", WidthRole::kVector, InitLaw::kConstant);
+  roles.param("D", WidthRole::kVector, InitLaw::kConstant);
+}
+
 at::Tensor MambaMixerImpl::forward(const at::Tensor& h) {
   const int64_t length = h.size(1);
   auto xz = in_proj->forward(h).transpose(1, 2);  // [b, 2 d_inner, L]
@@ -50,7 +62,7 @@ at::Tensor MambaMixerImpl::forward(const at::Tensor& h) {
   auto delta = at::softplus(dt_proj->forward(dt)).transpose(1, 2);                       // [b, d, L]
   auto y = selective_scan(x, delta, -at::exp(A_log), B, C, D);
   y = y * at::silu(z);
-  return out_proj->forward(y.transpose(1, 2));
+  return probe("mixer", out_proj->forward(y.transpose(1, 2)));
 }
 
 }  // namespace ditlab

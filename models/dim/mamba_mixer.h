@@ -8,6 +8,7 @@
 // with Mamba's initialisation of A_log (log 1..d_state), D (1) and dt_proj (weights
 // U(+-dt_rank^-0.5), bias = softplus^-1 of dt ~ exp(U[log 1e-3, log 1e-1]), dt >= 1e-4).
 #pragma once
+#include "models/mup/width_roles.h"
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
@@ -28,6 +29,7 @@ class MambaMixerImpl : public torch::nn::Module {
  public:
   explicit MambaMixerImpl(MambaOptions options);
   at::Tensor forward(const at::Tensor& h);  // [b, L, D] -> [b, L, D]
+  void declare_width_roles(WidthRoles roles) const;
 
   MambaOptions options;
   int64_t d_inner, dt_rank;

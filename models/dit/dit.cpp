@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 
 namespace ditlab {
 
@@ -69,6 +70,10 @@ DiTBlockImpl::DiTBlockImpl(int64_t hidden_size, int64_t num_heads, double mlp_ra
 }
 
 at::Tensor DiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& cond) {
+  return probe("block", residual_stream(x, cond));
+}
+
+at::Tensor DiTBlockImpl::residual_stream(const at::Tensor& x, const at::Tensor& cond) {
   switch (conditioning) {
     case Conditioning::kAdaLNZero: {
       // shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp: each [N, D]
@@ -96,6 +101,21 @@ at::Tensor DiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& cond) {
   return x;
 }
 
+void DiTBlockImpl::declare_width_roles(WidthRoles roles) const {
+  const auto norm = [&](const char* name) { roles.layer(name, WidthRole::kVector, InitLaw::kConstant); };
+  if (!norm1.is_empty()) norm("norm1");
+  if (!norm2.is_empty()) norm("norm2");
+  attn->declare_width_roles(roles.scope("attn"));
+  if (!cross_attn.is_empty()) {
+    norm("norm_cross");
+    cross_attn->declare_width_roles(roles.scope("cross_attn"));
+  }
+  if (!mlp.is_empty()) mlp->declare_width_roles(roles.scope("mlp"));
+  if (!moe.is_empty()) moe->declare_width_roles(roles.scope("moe"));
+  // Zero under adaLN-Zero, xavier under adaLN: the law only matters if it were not hidden.
+  if (!adaLN_modulation.is_empty()) roles.layer("adaLN_modulation.1", WidthRole::kHidden, InitLaw::kXavier);
+}
+
 FinalLayerImpl::FinalLayerImpl(int64_t hidden_size, int64_t patch_size, int64_t out_channels,
                                bool adaptive)
     : adaptive(adaptive) {
@@ -109,6 +129,12 @@ at::Tensor FinalLayerImpl::forward(const at::Tensor& x, const at::Tensor& c) {
   if (!adaptive) return linear->forward(norm_final->forward(x));
   auto m = adaLN_modulation->forward(c).chunk(2, 1);  // shift, scale
   return linear->forward(modulate(plain_norm(x), m[0], m[1]));
+}
+
+void FinalLayerImpl::declare_width_roles(WidthRoles roles) const {
+  if (!norm_final.is_empty()) roles.layer("norm_final", WidthRole::kVector, InitLaw::kConstant);
+  if (!adaLN_modulation.is_empty()) roles.layer("adaLN_modulation.1", WidthRole::kHidden, InitLaw::kConstant);
+  roles.layer("linear", WidthRole::kOutput, InitLaw::kConstant);  // zero-initialised
 }
 
 DiT::DiT(const DiTOptions& o) : options_(o) {
@@ -180,6 +206,17 @@ void DiT::initialize_weights() {
   init::zeros_(final_layer->linear->bias);
 }
 
+void DiT::declare_width_roles(WidthRoles& roles) const {
+  x_embedder->declare_width_roles(roles.scope("x_embedder"), InitLaw::kXavierFlat);
+  t_embedder->declare_width_roles(roles.scope("t_embedder"));
+  y_embedder->declare_width_roles(roles.scope("y_embedder"));
+  // pos_embed is a fixed sin-cos table (not trained).
+  for (size_t i = 0; i < blocks->size(); ++i) {
+    blocks->ptr(i)->as<DiTBlockImpl>()->declare_width_roles(roles.scope("blocks." + std::to_string(i)));
+  }
+  final_layer->declare_width_roles(roles.scope("final_layer"));
+}
+
 DiT::Embedded DiT::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
   check_input("DiT", x);
@@ -212,7 +249,7 @@ at::Tensor DiT::head(const at::Tensor& tokens, const at::Tensor& cond) {
 
 BackboneOutput DiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   Embedded e = embed(x, t, y);
-  BackboneOutput out{head(run_blocks(e.tokens, e.cond), e.cond), {}, {}};
+  BackboneOutput out{probe("output", head(run_blocks(probe("embed", e.tokens), e.cond), e.cond)), {}, {}};
   if (options_.moe.num_experts > 0) {
     // The load-balancing losses of all layers, and each layer's tokens per expert.
     for (size_t i = 0; i < blocks->size(); ++i) {

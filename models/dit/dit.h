@@ -46,6 +46,7 @@ class DiTBlockImpl : public torch::nn::Module {
   // x [N, T, D]; c [N, D] (adaLN variants) or context [N, 2, D] (cross-attention); in-context
   // blocks ignore `cond` (the condition tokens are part of x).
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cond);
+  void declare_width_roles(WidthRoles roles) const;
 
   Conditioning conditioning;
   Attention attn{nullptr};
@@ -57,6 +58,7 @@ class DiTBlockImpl : public torch::nn::Module {
   CrossAttention cross_attn{nullptr};                       // cross-attention
 
  private:
+  at::Tensor residual_stream(const at::Tensor& x, const at::Tensor& cond);  // forward's work
   at::Tensor feed_forward(const at::Tensor& x) {
     return mlp.is_empty() ? moe->forward(x) : mlp->forward(x);
   }
@@ -68,6 +70,7 @@ class FinalLayerImpl : public torch::nn::Module {
  public:
   FinalLayerImpl(int64_t hidden_size, int64_t patch_size, int64_t out_channels, bool adaptive);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& c);  // [N,T,D] -> [N,T,p*p*C_out]
+  void declare_width_roles(WidthRoles roles) const;  // `linear` is the µP readout
 
   bool adaptive;
   torch::nn::Sequential adaLN_modulation{nullptr};
@@ -89,6 +92,7 @@ class DiT : public Backbone {
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   BackboneShape shape() const override;
   int64_t forward_macs() const override;
+  void declare_width_roles(WidthRoles& roles) const override;
   const DiTOptions& options() const { return options_; }
 
   // The official initialisation (DiT.initialize_weights).

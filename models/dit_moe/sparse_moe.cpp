@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 
 namespace ditlab {
 
@@ -27,6 +28,24 @@ MoeGateImpl::MoeGateImpl(int64_t dim, int64_t num_experts) {
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
 }
 
+at::Tensor MoeGateImpl::logits(const at::Tensor& tokens) const {
+  return at::linear(tokens, readout_multiplier == 1.0 ? weight : weight * readout_multiplier);
+}
+
+void SwiGluImpl::declare_width_roles(WidthRoles roles) const {
+  for (const char* name : {"gate_proj", "up_proj", "down_proj"}) {
+    roles.layer(name, WidthRole::kHidden, InitLaw::kXavier, /*bias=*/false);
+  }
+}
+
+void SparseMoeImpl::declare_width_roles(WidthRoles roles) const {
+  for (size_t e = 0; e < experts->size(); ++e) {
+    experts->ptr(e)->as<SwiGluImpl>()->declare_width_roles(roles.scope("experts." + std::to_string(e)));
+  }
+  shared_experts->declare_width_roles(roles.scope("shared_experts"));
+  roles.param("gate.weight", WidthRole::kOutput, InitLaw::kFanIn);
+}
+
 SparseMoeImpl::SparseMoeImpl(int64_t dim, double hidden_ratio, const MoeOptions& o) : options(o) {
   if (o.num_experts < 1) throw ConfigError("model.moe.num_experts must be >= 1 for a MoE layer");
   if (o.experts_per_token < 1 || o.experts_per_token > o.num_experts) {
@@ -45,7 +64,7 @@ at::Tensor SparseMoeImpl::forward(const at::Tensor& x) {
   auto tokens = x.reshape({-1, dim});  // [M, D]
   const int64_t m = tokens.size(0);
   MoeRouting r;
-  r.probabilities = at::linear(tokens, gate->weight).softmax(-1);  // [M, E]
+  r.probabilities = gate->logits(tokens).softmax(-1);  // [M, E]
   std::tie(r.expert_weight, r.expert_index) = r.probabilities.topk(k, -1);
 
   // Group the M*k (token, choice) pairs by expert; a stable sort keeps token order within one.
@@ -80,7 +99,7 @@ at::Tensor SparseMoeImpl::forward(const at::Tensor& x) {
     r.aux_loss = (f * p).sum() * options.aux_loss_weight;
   }
   routing_ = std::move(r);
-  return (y + shared_experts->forward(tokens)).view(x.sizes());
+  return probe("mlp", (y + shared_experts->forward(tokens)).view(x.sizes()));
 }
 
 }  // namespace ditlab

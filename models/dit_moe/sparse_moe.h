@@ -12,6 +12,8 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 #include "models/layers/linear.h"
+#include "models/mup/mup_modules.h"
+#include "models/mup/width_roles.h"
 
 namespace ditlab {
 
@@ -27,14 +29,17 @@ class SwiGluImpl : public torch::nn::Module {
  public:
   SwiGluImpl(int64_t dim, int64_t hidden);
   at::Tensor forward(const at::Tensor& x);
+  void declare_width_roles(WidthRoles roles) const;  // all hidden
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(SwiGlu);
 
-// The router: one weight [E, D] (key "weight"), kaiming-uniform initialised.
-class MoeGateImpl : public torch::nn::Module {
+// The router: one weight [E, D] (key "weight"), kaiming-uniform initialised. Under µP it is a
+// readout (fan-in D grows, E does not).
+class MoeGateImpl : public torch::nn::Module, public MupReadout {
  public:
   MoeGateImpl(int64_t dim, int64_t num_experts);
+  at::Tensor logits(const at::Tensor& tokens) const;  // [M, D] -> [M, E]
   at::Tensor weight;
 };
 TORCH_MODULE(MoeGate);
@@ -55,6 +60,7 @@ class SparseMoeImpl : public torch::nn::Module {
 
   // The routing of the last forward call (also in eval mode).
   const MoeRouting& last_routing() const { return routing_; }
+  void declare_width_roles(WidthRoles roles) const;
 
   MoeOptions options;
   torch::nn::ModuleList experts{nullptr};

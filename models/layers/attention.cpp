@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "src/common/compat.h"
+#include "models/mup/activation_probe.h"
 #include "src/common/error.h"
 
 namespace ditlab {
@@ -36,9 +37,15 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2), head_dim = d / num_heads;
   // [N, T, 3D] -> [N, T, 3, H, Dh] -> [3, N, H, T, Dh]
   auto qkv_heads = qkv->forward(x).view({n, t, 3, num_heads, head_dim}).permute({2, 0, 3, 1, 4});
-  auto out = compat::scaled_dot_product_attention(qkv_heads[0], qkv_heads[1], qkv_heads[2],
-                                                  1.0 / std::sqrt(static_cast<double>(head_dim)));
-  return proj->forward(merge_heads(out));
+  auto out = compat::scaled_dot_product_attention(
+      qkv_heads[0], qkv_heads[1], qkv_heads[2],
+      logit_multiplier / std::sqrt(static_cast<double>(head_dim)));
+  return probe("attn", proj->forward(merge_heads(out)));
+}
+
+void AttentionImpl::declare_width_roles(WidthRoles roles) const {
+  roles.layer("qkv", WidthRole::kHidden, InitLaw::kXavier);
+  roles.layer("proj", WidthRole::kHidden, InitLaw::kXavier);
 }
 
 CrossAttentionImpl::CrossAttentionImpl(int64_t dim, int64_t num_heads) : num_heads(num_heads) {
@@ -53,8 +60,12 @@ at::Tensor CrossAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   auto kv_parts = kv->forward(context).chunk(2, -1);  // [N, S, 2D] -> 2 x [N, S, D]
   auto out = compat::scaled_dot_product_attention(
       split_heads(q->forward(x), num_heads), split_heads(kv_parts[0], num_heads),
-      split_heads(kv_parts[1], num_heads), 1.0 / std::sqrt(static_cast<double>(head_dim)));
-  return proj->forward(merge_heads(out));
+      split_heads(kv_parts[1], num_heads), logit_multiplier / std::sqrt(static_cast<double>(head_dim)));
+  return probe("cross_attn", proj->forward(merge_heads(out)));
+}
+
+void CrossAttentionImpl::declare_width_roles(WidthRoles roles) const {
+  for (const char* name : {"q", "kv", "proj"}) roles.layer(name, WidthRole::kHidden, InitLaw::kXavier);
 }
 
 MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
@@ -63,7 +74,12 @@ MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  return fc2->forward(at::gelu(fc1->forward(x), "tanh"));
+  return probe("mlp", fc2->forward(at::gelu(fc1->forward(x), "tanh")));
+}
+
+void MlpImpl::declare_width_roles(WidthRoles roles) const {
+  roles.layer("fc1", WidthRole::kHidden, InitLaw::kXavier);
+  roles.layer("fc2", WidthRole::kHidden, InitLaw::kXavier);
 }
 
 }  // namespace ditlab

@@ -41,6 +41,19 @@ LabelEmbedderImpl::LabelEmbedderImpl(int64_t num_classes, int64_t hidden_size,
 
 at::Tensor LabelEmbedderImpl::forward(const at::Tensor& y) { return embedding_table->forward(y); }
 
+void TimestepEmbedderImpl::declare_width_roles(WidthRoles roles) const {
+  roles.layer("mlp.0", WidthRole::kInput, InitLaw::kConstant);
+  roles.layer("mlp.2", WidthRole::kHidden, InitLaw::kConstant);
+}
+
+void LabelEmbedderImpl::declare_width_roles(WidthRoles roles) const {
+  roles.param("embedding_table.weight", WidthRole::kInput, InitLaw::kConstant);
+}
+
+void PatchEmbedImpl::declare_width_roles(WidthRoles roles, InitLaw init) const {
+  roles.layer("proj", WidthRole::kInput, init);
+}
+
 PatchEmbedImpl::PatchEmbedImpl(int64_t in_channels, int64_t hidden_size, int64_t patch_size) {
   proj = register_module("proj", torch::nn::Conv2d(torch::nn::Conv2dOptions(
                                                        in_channels, hidden_size, patch_size)

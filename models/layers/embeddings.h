@@ -6,6 +6,7 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
 #include "models/layers/linear.h"
+#include "models/mup/width_roles.h"
 
 namespace ditlab {
 
@@ -18,6 +19,8 @@ class TimestepEmbedderImpl : public torch::nn::Module {
  public:
   explicit TimestepEmbedderImpl(int64_t hidden_size, int64_t frequency_size = 256);
   at::Tensor forward(const at::Tensor& t);  // [N] -> [N, D]
+  // mlp.0 input, mlp.2 hidden; both drawn N(0, 0.02) by every backbone here.
+  void declare_width_roles(WidthRoles roles) const;
 
   torch::nn::Sequential mlp{nullptr};
   int64_t frequency_size;
@@ -31,6 +34,7 @@ class LabelEmbedderImpl : public torch::nn::Module {
  public:
   LabelEmbedderImpl(int64_t num_classes, int64_t hidden_size, bool with_null_class);
   at::Tensor forward(const at::Tensor& y);  // [N] -> [N, D]
+  void declare_width_roles(WidthRoles roles) const;  // the table is input-like, N(0, 0.02)
 
   torch::nn::Embedding embedding_table{nullptr};
   int64_t num_classes;
@@ -42,6 +46,8 @@ class PatchEmbedImpl : public torch::nn::Module {
  public:
   PatchEmbedImpl(int64_t in_channels, int64_t hidden_size, int64_t patch_size);
   at::Tensor forward(const at::Tensor& x);  // [N, C, H, W] -> [N, T, D]
+  // proj is input-like; `init` is how the owning backbone initialises it.
+  void declare_width_roles(WidthRoles roles, InitLaw init) const;
 
   torch::nn::Conv2d proj{nullptr};
 };

@@ -70,6 +70,14 @@ int64_t SkipDiT::forward_macs() const {
   return DiT::forward_macs() + (o.depth / 2) * tokens * 2 * o.hidden_size * o.hidden_size;
 }
 
+void SkipDiT::declare_width_roles(WidthRoles& roles) const {
+  DiT::declare_width_roles(roles);
+  for (size_t i = 0; i < skip_linears->size(); ++i) {
+    roles.layer("skip_norms." + std::to_string(i), WidthRole::kVector, InitLaw::kConstant);
+    roles.layer("skip_linears." + std::to_string(i) + ".linear", WidthRole::kHidden, InitLaw::kXavier);
+  }
+}
+
 at::Tensor SkipDiT::run_blocks(at::Tensor tokens, const at::Tensor& cond) {
   return run(std::move(tokens), cond, CacheUse::kNone);
 }

@@ -34,6 +34,7 @@ class SkipDiT : public DiT {
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   at::Tensor run_blocks(at::Tensor tokens, const at::Tensor& cond) override;
   int64_t forward_macs() const override;  // DiT's plus the skip linears (2D -> D per token)
+  void declare_width_roles(WidthRoles& roles) const override;
 
   // Skip-Cache: with interval N, every N-th call runs every block and keeps the input of block
   // depth - cache.depth; the calls between run only the first and the last cache.depth blocks

@@ -7,6 +7,7 @@
 #include "models/layers/rope2d.h"
 #include "src/common/compat.h"
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 
 namespace ditlab {
 
@@ -41,6 +42,13 @@ DownsampledAttentionImpl::DownsampledAttentionImpl(int64_t dim, int64_t num_head
   logit_scale = register_parameter("logit_scale", at::full({num_heads, 1, 1}, std::log(10.0)));
 }
 
+void DownsampledAttentionImpl::declare_width_roles(WidthRoles roles) const {
+  roles.layer("downsampler.layer", WidthRole::kVector, InitLaw::kXavier);  // depthwise
+  roles.layer("to_qkv", WidthRole::kHidden, InitLaw::kXavier);
+  roles.layer("to_out", WidthRole::kHidden, InitLaw::kXavier);
+  roles.param("logit_scale", WidthRole::kVector, InitLaw::kConstant);  // per head
+}
+
 at::Tensor DownsampledAttentionImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(0), d = x.size(1), height = x.size(2), width = x.size(3);
   if (height % 2 != 0 || width != height) {
@@ -68,7 +76,7 @@ at::Tensor DownsampledAttentionImpl::forward(const at::Tensor& x) {
   out = out.reshape({n, 4, num_heads, tokens, head_dim})
             .transpose(2, 3)
             .reshape({n, 4, tokens, d});  // heads back to channels
-  return to_out->forward(polyphase_merge(out, height, width));
+  return probe("attn", to_out->forward(polyphase_merge(out, height, width)));
 }
 
 }  // namespace ditlab

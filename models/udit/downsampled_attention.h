@@ -7,6 +7,7 @@
 //      with a learnable per-head logit scale clamped at ln 100 (cost 4 * (N/4)^2 = N^2/4)
 //   4. the groups go back to their pixels, then a 1x1 conv.
 #pragma once
+#include "models/mup/width_roles.h"
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/conv.h>
@@ -34,6 +35,8 @@ class DownsampledAttentionImpl : public torch::nn::Module {
  public:
   DownsampledAttentionImpl(int64_t dim, int64_t num_heads);
   at::Tensor forward(const at::Tensor& x);  // [N, d, H, W] -> [N, d, H, W]; H, W even
+  // Cosine attention: its logits do not grow with head_dim, so it is not a MupAttention.
+  void declare_width_roles(WidthRoles roles) const;
 
   int64_t num_heads;
   TokenDownsampler downsampler{nullptr};

@@ -5,6 +5,7 @@
 #include <torch/nn/modules/conv.h>
 
 #include "src/common/error.h"
+#include "models/mup/activation_probe.h"
 
 namespace ditlab {
 namespace {
@@ -30,6 +31,15 @@ RepFeedForwardImpl::RepFeedForwardImpl(int64_t dim, double ratio)
                                                            conv(hidden, hidden, 1, hidden)));
   project_out = register_module("project_out",
                                 torch::nn::Sequential(conv(hidden, hidden / 2, 1), conv(hidden / 2, dim, 1)));
+}
+
+void RepFeedForwardImpl::declare_width_roles(WidthRoles roles) const {
+  for (const char* name : {"project_in.0", "project_in.1", "project_out.0", "project_out.1"}) {
+    roles.layer(name, WidthRole::kHidden, InitLaw::kXavier);
+  }
+  for (const char* name : {"dwconv.0", "dwconv.1", "dwconv.2"}) {
+    roles.layer(name, WidthRole::kVector, InitLaw::kXavier);  // depthwise
+  }
 }
 
 at::Tensor RepFeedForwardImpl::forward_training_form(const at::Tensor& x) {
@@ -90,7 +100,7 @@ at::Tensor RepFeedForwardImpl::forward_inference_form(const at::Tensor& x) {
 }
 
 at::Tensor RepFeedForwardImpl::forward(const at::Tensor& x) {
-  return is_training() ? forward_training_form(x) : forward_inference_form(x);
+  return probe("mlp", is_training() ? forward_training_form(x) : forward_inference_form(x));
 }
 
 }  // namespace ditlab

@@ -7,6 +7,7 @@
 // modify (the official add_buffer() adds into the live 5x5 kernel through detach()), and are
 // rebuilt whenever a parameter changed since.
 #pragma once
+#include "models/mup/width_roles.h"
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -20,6 +21,7 @@ class RepFeedForwardImpl : public torch::nn::Module {
  public:
   RepFeedForwardImpl(int64_t dim, double ratio);
   at::Tensor forward(const at::Tensor& x);
+  void declare_width_roles(WidthRoles roles) const;
 
   struct Folded {
     at::Tensor in_weight, in_bias;          // [h, d, 1, 1], [h]

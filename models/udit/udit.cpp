@@ -8,6 +8,7 @@
 
 #include <sstream>
 
+#include "models/mup/activation_probe.h"
 #include "src/common/error.h"
 
 namespace ditlab {
@@ -51,7 +52,7 @@ at::Tensor UDiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& c) {
   h = h + per_pixel(m[5]) * mlp1->forward(modulate_2d(layer_norm_2d(h), m[3], m[4]));
   m = adaLN_modulation2->forward(c).chunk(6, 1);
   h = h + per_pixel(m[2]) * attn2->forward(modulate_2d(layer_norm_2d(h), m[0], m[1]));
-  return h + per_pixel(m[5]) * mlp2->forward(modulate_2d(layer_norm_2d(h), m[3], m[4]));
+  return probe("block", h + per_pixel(m[5]) * mlp2->forward(modulate_2d(layer_norm_2d(h), m[3], m[4])));
 }
 
 UDiTFinalLayerImpl::UDiTFinalLayerImpl(int64_t dim, int64_t out_channels) {
@@ -61,7 +62,22 @@ UDiTFinalLayerImpl::UDiTFinalLayerImpl(int64_t dim, int64_t out_channels) {
 
 at::Tensor UDiTFinalLayerImpl::forward(const at::Tensor& x, const at::Tensor& c) {
   auto m = adaLN_modulation->forward(c).chunk(2, 1);  // shift, scale
-  return out_proj->forward(modulate_2d(layer_norm_2d(x), m[0], m[1]));
+  auto h = modulate_2d(layer_norm_2d(x), m[0], m[1]);
+  return out_proj->forward(readout_multiplier == 1.0 ? h : h * readout_multiplier);
+}
+
+void UDiTFinalLayerImpl::declare_width_roles(WidthRoles roles) const {
+  roles.layer("out_proj", WidthRole::kOutput, InitLaw::kConstant);  // zero-initialised
+  roles.layer("adaLN_modulation.1", WidthRole::kHidden, InitLaw::kConstant);
+}
+
+void UDiTBlockImpl::declare_width_roles(WidthRoles roles) const {
+  attn1->declare_width_roles(roles.scope("attn1"));
+  attn2->declare_width_roles(roles.scope("attn2"));
+  mlp1->declare_width_roles(roles.scope("mlp1"));
+  mlp2->declare_width_roles(roles.scope("mlp2"));
+  roles.layer("adaLN_modulation1.1", WidthRole::kHidden, InitLaw::kConstant);
+  roles.layer("adaLN_modulation2.1", WidthRole::kHidden, InitLaw::kConstant);
 }
 
 OverlapPatchEmbedImpl::OverlapPatchEmbedImpl(int64_t in_channels, int64_t dim) {
@@ -134,6 +150,31 @@ std::vector<UDiTBlock> UDiT::all_blocks() const {
   return out;
 }
 
+void UDiT::declare_width_roles(WidthRoles& roles) const {
+  roles.layer("x_embedder.proj", WidthRole::kInput, InitLaw::kXavierFlat);
+  const std::pair<const char*, const TimestepEmbedder*> timesteps[] = {
+      {"t_embedder_1", &t_embedder_1}, {"t_embedder_2", &t_embedder_2}, {"t_embedder_3", &t_embedder_3}};
+  for (const auto& [name, t] : timesteps) (*t)->declare_width_roles(roles.scope(name));
+  const std::pair<const char*, const LabelEmbedder*> labels[] = {
+      {"y_embedder_1", &y_embedder_1}, {"y_embedder_2", &y_embedder_2}, {"y_embedder_3", &y_embedder_3}};
+  for (const auto& [name, y] : labels) (*y)->declare_width_roles(roles.scope(name));
+  const std::pair<const char*, const torch::nn::ModuleList*> levels[] = {
+      {"encoder_level_1", &encoder_level_1}, {"encoder_level_2", &encoder_level_2},
+      {"latent", &latent}, {"decoder_level_2", &decoder_level_2}, {"decoder_level_1", &decoder_level_1}};
+  for (const auto& [name, list] : levels) {
+    for (size_t i = 0; i < (*list)->size(); ++i) {
+      (*list)->ptr(i)->as<UDiTBlockImpl>()->declare_width_roles(roles.scope(std::string(name) + "." + std::to_string(i)));
+    }
+  }
+  for (const char* name : {"down1_2.body.0", "down2_3.body.0", "up3_2.body.0", "up2_1.body.0"}) {
+    roles.layer(name, WidthRole::kHidden, InitLaw::kXavier, /*bias=*/false);
+  }
+  for (const char* name : {"reduce_chan_level2", "reduce_chan_level1", "output"}) {
+    roles.layer(name, WidthRole::kHidden, InitLaw::kXavier);
+  }
+  final_layer->declare_width_roles(roles.scope("final_layer"));
+}
+
 void UDiT::initialize_weights() {
   namespace init = torch::nn::init;
   torch::NoGradGuard no_grad;
@@ -181,14 +222,14 @@ BackboneOutput UDiT::forward(const at::Tensor& x, const at::Tensor& t, const at:
     for (const auto& block : *blocks) h = block->as<UDiTBlockImpl>()->forward(h, c);
     return h;
   };
-  auto enc1 = run(encoder_level_1, x_embedder->forward(x), c1);      // [N, C, H, W]
+  auto enc1 = run(encoder_level_1, probe("embed", x_embedder->forward(x)), c1);      // [N, C, H, W]
   auto enc2 = run(encoder_level_2, down1_2->forward(enc1), c2);      // [N, 2C, H/2, W/2]
   auto deep = run(latent, down2_3->forward(enc2), c3);               // [N, 4C, H/4, W/4]
   auto dec2 = reduce_chan_level2->forward(at::cat({up3_2->forward(deep), enc2}, 1));
   dec2 = run(decoder_level_2, dec2, c2);                             // [N, 2C, H/2, W/2]
   auto dec1 = reduce_chan_level1->forward(at::cat({up2_1->forward(dec2), enc1}, 1));
   dec1 = run(decoder_level_1, dec1, c2);                             // [N, 2C, H, W]
-  return {final_layer->forward(output->forward(dec1), c2), {}, {}};
+  return {probe("output", final_layer->forward(output->forward(dec1), c2)), {}, {}};
 }
 
 BackboneShape UDiT::shape() const {

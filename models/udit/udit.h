@@ -19,6 +19,7 @@
 
 #include "models/backbone.h"
 #include "models/layers/embeddings.h"
+#include "models/mup/mup_modules.h"
 #include "models/udit/downsampled_attention.h"
 #include "models/udit/rep_feed_forward.h"
 
@@ -41,6 +42,7 @@ class UDiTBlockImpl : public torch::nn::Module {
  public:
   UDiTBlockImpl(int64_t dim, int64_t num_heads, double mlp_ratio);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& c);  // x [N, d, H, W], c [N, d]
+  void declare_width_roles(WidthRoles roles) const;
 
   DownsampledAttention attn1{nullptr}, attn2{nullptr};
   RepFeedForward mlp1{nullptr}, mlp2{nullptr};
@@ -48,11 +50,13 @@ class UDiTBlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(UDiTBlock);
 
-// LayerNorm2d (no affine) with adaptive shift and scale, then a 3x3 conv to the output channels.
-class UDiTFinalLayerImpl : public torch::nn::Module {
+// LayerNorm2d (no affine) with adaptive shift and scale, then a 3x3 conv to the output channels
+// (the µP readout: its input is scaled by the readout multiplier).
+class UDiTFinalLayerImpl : public torch::nn::Module, public MupReadout {
  public:
   UDiTFinalLayerImpl(int64_t dim, int64_t out_channels);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& c);
+  void declare_width_roles(WidthRoles roles) const;
 
   torch::nn::Conv2d out_proj{nullptr};
   torch::nn::Sequential adaLN_modulation{nullptr};
@@ -86,6 +90,7 @@ class UDiT : public Backbone {
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   BackboneShape shape() const override;
   int64_t forward_macs() const override;
+  void declare_width_roles(WidthRoles& roles) const override;
   const UDiTOptions& options() const { return options_; }
 
   void initialize_weights();

@@ -82,6 +82,53 @@ double Args::get_double(const std::string& name, double fallback) const {
   throw UsageError("dit " + command_ + ": option '--" + name + "' expects a number, got '" + *v + "'");
 }
 
+namespace {
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    parts.push_back(text.substr(start, comma - start));
+    if (comma == std::string::npos) return parts;
+    start = comma + 1;
+  }
+}
+}  // namespace
+
+std::vector<int64_t> Args::get_int_list(const std::string& name, std::vector<int64_t> fallback) const {
+  auto v = get(name);
+  if (!v) return fallback;
+  std::vector<int64_t> out;
+  for (const auto& part : split_commas(*v)) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(part, &used));
+      if (used == part.size()) continue;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("dit " + command_ + ": option '--" + name +
+                     "' expects comma-separated integers, got '" + *v + "'");
+  }
+  return out;
+}
+
+std::vector<double> Args::get_double_list(const std::string& name, std::vector<double> fallback) const {
+  auto v = get(name);
+  if (!v) return fallback;
+  std::vector<double> out;
+  for (const auto& part : split_commas(*v)) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(part, &used));
+      if (used == part.size()) continue;
+    } catch (const std::exception&) {
+    }
+    throw UsageError("dit " + command_ + ": option '--" + name +
+                     "' expects comma-separated numbers, got '" + *v + "'");
+  }
+  return out;
+}
+
 bool Args::get_bool(const std::string& name, bool fallback) const {
   auto v = get(name);
   if (!v) return fallback;

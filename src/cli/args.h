@@ -25,6 +25,9 @@ class Args {
   int64_t get_int(const std::string& name, int64_t fallback) const;
   double get_double(const std::string& name, double fallback) const;
   bool get_bool(const std::string& name, bool fallback) const;
+  // Comma-separated lists ("64,128,256"); `fallback` when the flag is absent.
+  std::vector<int64_t> get_int_list(const std::string& name, std::vector<int64_t> fallback) const;
+  std::vector<double> get_double_list(const std::string& name, std::vector<double> fallback) const;
   const std::vector<std::string>& overrides() const { return overrides_; }
   std::string usage() const;
   // Prints the usage to stdout if --help was given (every command has it); returns whether.

@@ -11,5 +11,6 @@ int run_export(int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_flops(int argc, char** argv);
 int run_bench(int argc, char** argv);
+int run_mup(int argc, char** argv);
 
 }  // namespace ditlab::cli

@@ -16,6 +16,17 @@ struct MoeConfig {
   double aux_loss_weight = 0.005;  // the paper's alpha (the official code uses 0.01)
 };
 
+// µP, the maximal update parametrization (model.mup.*; models/mup/, docs/mup.md). The width
+// multiplier of a model is hidden_size / base_width; at the base width a µP model is exactly the
+// standard one.
+struct MupConfig {
+  bool enabled = false;
+  int64_t base_width = 0;      // the hidden_size hyper-parameters were tuned at (required)
+  int64_t base_num_heads = 0;  // heads of the base model; 0: the model's own
+  double output_mult = 1.0;    // the readout's forward multiplier at the base width
+  double attn_mult = 0.0;      // attention logits scale attn_mult / head_dim; 0: sqrt(base head_dim)
+};
+
 struct ModelConfig {
   std::string name = "DiT-S/4";  // a preset (DiT-XL/2 ...) or a family name (dit)
   int64_t depth = 0;             // 0: take it from the preset
@@ -32,6 +43,7 @@ struct ModelConfig {
   std::string conditioning = "adaln_zero";
   bool checkpoint_blocks = false;  // activation checkpointing per block (dim)
   MoeConfig moe;
+  MupConfig mup;
 };
 
 struct DiffusionConfig {

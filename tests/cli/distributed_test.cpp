@@ -106,6 +106,22 @@ TEST_CASE("Skip-DiT, U-DiT and DiT-MoE train the same on 2 ranks as on 1", "[dis
   }
 }
 
+TEST_CASE("a µP model trains the same on 2 ranks as on 1", "[distributed][mup]") {
+  TempDir dir("ddp-mup");
+  const std::string common = "train.steps=4 train.log_every=2 model.hidden_size=128 "
+                             "model.mup.enabled=true model.mup.base_width=64 ";
+  REQUIRE(run_command(train_command(common + "run.dir=" + (dir / "one")), dir / "one.log") == 0);
+  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29637 -- " +
+                          train_command(common + "run.dir=" + (dir / "two")),
+                      dir / "two.log") == 0);
+  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
+  auto two = read_safetensors(dir / "two/model.safetensors").tensors;
+  double max_diff = 0;
+  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  INFO("max |1 rank - 2 ranks| = " << max_diff);
+  CHECK(max_diff < 1e-4);
+}
+
 TEST_CASE("a bf16 gradient all-reduce the backend cannot do is a clear error", "[distributed]") {
   TempDir dir("ddp");
   const int code = run_command(

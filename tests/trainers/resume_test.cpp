@@ -75,6 +75,12 @@ TEST_CASE("resume inside an epoch and inside a logging window is bit-exact", "[r
   check_exact_resume(10, 5, {});
 }
 
+TEST_CASE("a µP run at twice its base width resumes bit-exactly", "[resume][mup]") {
+  // The µP rescaling happens when the model is built, before the checkpoint is loaded, so it is
+  // never applied twice (unlike microsoft/mup's set_base_shapes with rescale_params).
+  check_exact_resume(6, 3, {"model.hidden_size=128", "model.mup.enabled=true", "model.mup.base_width=64"});
+}
+
 TEST_CASE("resume at an epoch boundary is bit-exact", "[resume]") {
   // The debug config has 256 images and batch 16: 16 steps per epoch.
   check_exact_resume(20, 16, {});

@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 
+#include <map>
+#include <string>
+#include <vector>
+
 #include "models/registry.h"
 #include "src/distributed/communicator.h"
 #include "trainers/training_step.h"
@@ -61,4 +65,91 @@ TEST_CASE("parameters a backbone exempts from weight decay get their own AdamW g
   auto result = step.run(0, batch);
   CHECK(result.applied);
   CHECK_FALSE(at::equal(before, step.model().named_parameters()["blocks.0.mixer.A_log"]));
+}
+
+namespace {
+ExperimentConfig small_dit(int64_t width, bool mup, int64_t base_width) {
+  ExperimentConfig config;
+  config.model.name = "dit";
+  config.model.hidden_size = width;
+  config.model.depth = 2;
+  config.model.num_heads = 2;
+  config.model.patch_size = 4;
+  config.model.input_size = 8;
+  config.model.in_channels = 1;
+  config.model.num_classes = 3;
+  config.model.mup.enabled = mup;
+  config.model.mup.base_width = base_width;
+  config.train.global_batch_size = 4;
+  config.train.lr = 1e-3;
+  config.train.seed = 7;
+  return config;
+}
+
+Batch small_batch() {
+  at::manual_seed(11);
+  return {at::randn({4, 1, 8, 8}), at::tensor({0, 2, 1, 0}, at::kLong)};
+}
+}  // namespace
+
+TEST_CASE("training a µP model at its base width is training the standard model, step for step", "[training_step][mup]") {
+  Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(10));
+  std::vector<std::map<std::string, at::Tensor>> finals;
+  for (bool mup : {false, true}) {
+    ExperimentConfig config = small_dit(32, mup, 32);
+    config.train.weight_decay = 0.1;
+    config.train.lr_warmup_steps = 2;
+    at::manual_seed(0);
+    auto model = build_backbone(resolve_model_config(config.model));
+    TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
+    const Batch batch = small_batch();
+    for (int64_t s = 0; s < 3; ++s) REQUIRE(step.run(s, batch).applied);
+    std::map<std::string, at::Tensor> params;
+    for (const auto& item : step.model().named_parameters()) params[item.key()] = item.value().clone();
+    finals.push_back(params);
+  }
+  for (const auto& [name, value] : finals[0]) {
+    INFO(name);
+    CHECK(at::equal(value, finals[1].at(name)));
+  }
+}
+
+TEST_CASE("AdamW applies µP's multipliers: hidden weights move lr / m, the rest lr", "[training_step][mup]") {
+  // Adam's first update is lr * g / (|g| + eps): each entry moves by lr wherever the gradient is
+  // far above eps, so the largest move of a tensor is its learning rate.
+  Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(10));
+  ExperimentConfig config = small_dit(128, true, 32);  // m = 4
+  config.train.weight_decay = 0.0;
+  at::manual_seed(0);
+  auto model = build_backbone(resolve_model_config(config.model));
+  {
+    // adaLN-Zero's zero-initialised layers would leave the rest without a gradient at step 0.
+    torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) {
+      if (p.requires_grad() && at::count_nonzero(p).item<int64_t>() == 0) p.normal_(0.0, 0.02);
+    }
+  }
+  TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
+  std::map<std::string, at::Tensor> before;
+  for (const auto& item : step.model().named_parameters()) before[item.key()] = item.value().clone();
+  REQUIRE(step.run(0, small_batch()).applied);
+  auto moved = [&](const std::string& name) {
+    return (step.model().named_parameters()[name] - before.at(name)).abs().max().item<double>();
+  };
+  CHECK(moved("blocks.0.attn.qkv.weight") == Approx(1e-3 / 4).epsilon(1e-3));
+  CHECK(moved("blocks.1.mlp.fc2.weight") == Approx(1e-3 / 4).epsilon(1e-3));
+  CHECK(moved("t_embedder.mlp.2.weight") == Approx(1e-3 / 4).epsilon(1e-3));
+  CHECK(moved("x_embedder.proj.weight") == Approx(1e-3).epsilon(1e-3));
+  CHECK(moved("blocks.0.attn.qkv.bias") == Approx(1e-3).epsilon(1e-3));
+  CHECK(moved("final_layer.linear.weight") == Approx(1e-3).epsilon(1e-3));
+
+  // Weight decay: hidden groups decay by (lr / m) * (wd * m), the same product as the others.
+  config.train.weight_decay = 0.05;
+  TrainingStep decayed(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
+  decayed.run(0, small_batch());
+  for (const auto& group : decayed.optimizer().param_groups()) {
+    const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+    CHECK(o.lr() * o.weight_decay() == Approx(1e-3 * 0.05));
+  }
+  CHECK(decayed.optimizer().param_groups().size() == 2);
 }

@@ -38,12 +38,17 @@ def main():
         for j, kind in enumerate(kinds):
             ax = axes[i][j]
             steps = series.get((p, kind), {})
+            values = [v for points in steps.values() for _, v in points if v > 0]
             for step in sorted(steps):
                 points = sorted(steps[step])
                 ax.plot([w for w, _ in points], [v for _, v in points], marker="o", ms=3,
                         color=plt.cm.viridis(step / max(1, max(steps))), label=f"step {step}")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            if values and max(values) / min(values) < 4:
+                # At least a factor 4 on the axis, so flat lines look flat rather than noisy.
+                centre = (max(values) * min(values)) ** 0.5
+                ax.set_ylim(centre / 2, centre * 2)
             ax.set_title(f"{'µP' if p == 'mup' else 'SP'}: {kind}", fontsize=9)
             if i == len(parametrizations) - 1:
                 ax.set_xlabel("width")

@@ -28,7 +28,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) {
 // models, one Linear(2D -> D) on their concatenation for narrow ones (the official threshold).
 class DiMSkipImpl : public torch::nn::Module {
  public:
-  explicit DiMSkipImpl(int64_t dim) : wide(dim > 512) {
+  DiMSkipImpl(int64_t dim, bool wide) : wide(wide) {
     if (wide) {
       linear_a = register_module("linear_a", Linear(dim, dim));
       linear_b = register_module("linear_b", Linear(dim, dim));
@@ -159,7 +159,7 @@ DiM::DiM(const DiMOptions& options) : options_(options) {
   for (int64_t i = 0; i < o.depth; ++i) blocks->push_back(DiMBlock(D, mamba_options(o), o.depth));
   skips_ = (o.depth - 1) / 2;
   skip_linears = register_module("skip_linears", torch::nn::ModuleList());
-  for (int64_t i = 0; i < skips_; ++i) skip_linears->push_back(DiMSkip(D));
+  for (int64_t i = 0; i < skips_; ++i) skip_linears->push_back(DiMSkip(D, o.wide_skips()));
   norm_f_weight = register_parameter("norm_f_weight", at::ones({D}));
   final_modulation = register_module("final_modulation", Linear(D, 2 * D));
   final_linear = register_module("final_linear", Linear(D, o.patch_size * o.patch_size * out_channels(o)));
@@ -319,7 +319,7 @@ int64_t dim_parameter_count(const DiMOptions& o) {
   n += (kExtraTokens + g * g) * D + 2 * pad * D;  // pos_embed, pads
   n += o.depth * (D + 3 * D + mixer_cost(o).parameters);
   const int64_t skips = (o.depth - 1) / 2;
-  n += skips * (D > 512 ? 2 * (D * D + D) : 2 * D * D + D);
+  n += skips * (o.wide_skips() ? 2 * (D * D + D) : 2 * D * D + D);
   const int64_t out_per_token = o.patch_size * o.patch_size * out_channels(o);
   n += D + (D * 2 * D + 2 * D) + (D * out_per_token + out_per_token);  // norm_f, modulation, linear
   return n;

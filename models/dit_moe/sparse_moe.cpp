@@ -25,6 +25,7 @@ at::Tensor SwiGluImpl::forward(const at::Tensor& x) {
 
 MoeGateImpl::MoeGateImpl(int64_t dim, int64_t num_experts) {
   weight = register_parameter("weight", at::empty({num_experts, dim}));
+  takes_output_mult = false;
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
 }
 

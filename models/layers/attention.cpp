@@ -37,9 +37,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x) {
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2), head_dim = d / num_heads;
   // [N, T, 3D] -> [N, T, 3, H, Dh] -> [3, N, H, T, Dh]
   auto qkv_heads = qkv->forward(x).view({n, t, 3, num_heads, head_dim}).permute({2, 0, 3, 1, 4});
-  auto out = compat::scaled_dot_product_attention(
-      qkv_heads[0], qkv_heads[1], qkv_heads[2],
-      logit_multiplier / std::sqrt(static_cast<double>(head_dim)));
+  const double scale = logit_multiplier / std::sqrt(static_cast<double>(head_dim));
+  if (ActivationProbe::active()) {  // the logits µP's 1/head_dim rule keeps in size
+    ActivationProbe::record("attn_logits", at::matmul(qkv_heads[0], qkv_heads[1].transpose(-2, -1)) * scale);
+  }
+  auto out = compat::scaled_dot_product_attention(qkv_heads[0], qkv_heads[1], qkv_heads[2], scale);
   return probe("attn", proj->forward(merge_heads(out)));
 }
 

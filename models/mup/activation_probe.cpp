@@ -11,6 +11,8 @@ ActivationProbe::ActivationProbe() : previous_(active_probe) { active_probe = th
 
 ActivationProbe::~ActivationProbe() { active_probe = previous_; }
 
+bool ActivationProbe::active() { return active_probe != nullptr; }
+
 void ActivationProbe::record(const char* kind, const at::Tensor& activation) {
   if (active_probe == nullptr) return;
   at::Tensor mean_abs = activation.detach().abs().mean(at::kFloat);  // no host sync here

@@ -17,6 +17,8 @@ class ActivationProbe {
   ActivationProbe& operator=(const ActivationProbe&) = delete;
 
   static void record(const char* kind, const at::Tensor& activation);
+  // Whether a probe is listening (for quantities that cost work to form, such as logits).
+  static bool active();
 
   // Per kind: mean |x| over all elements, averaged over the calls (layers) of that kind.
   std::map<std::string, double> means() const;

@@ -12,6 +12,9 @@ class MupReadout {
  public:
   virtual ~MupReadout() = default;
   double readout_multiplier = 1.0;
+  // Whether model.mup.output_mult applies (the network's readout) or only 1 / width_mult (a
+  // router, whose logits output_mult would turn into a routing temperature).
+  bool takes_output_mult = true;
 };
 
 // Dot-product attention: logits scale logit_multiplier / sqrt(head_dim), so that µP's

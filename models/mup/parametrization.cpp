@@ -10,6 +10,7 @@
 #include "models/backbone.h"
 #include "models/mup/mup_modules.h"
 #include "src/common/error.h"
+#include "src/common/text.h"
 
 namespace ditlab {
 namespace {
@@ -72,7 +73,8 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
   WidthRoles roles;
   model.declare_width_roles(roles);
   std::map<std::string, WidthDeclaration> undeclared_check = roles.declared();
-  std::map<std::string, std::vector<int64_t>> base_shapes;
+  std::map<std::string, std::vector<int64_t>> shapes, base_shapes;
+  for (const auto& item : model.named_parameters()) shapes[item.key()] = item.value().sizes().vec();
   for (const auto& item : base.named_parameters()) base_shapes[item.key()] = item.value().sizes().vec();
 
   std::vector<ParamWidth> table;
@@ -96,17 +98,24 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
     }
     p.base_shape = base_shape->second;
     check_growth(p);
+    // The shapes the init law reads: the tensor's own, or for a bias its layer's weight.
+    std::vector<int64_t> law_shape = p.shape, law_base_shape = p.base_shape;
     if (p.init != InitLaw::kConstant && p.shape.size() < 2) {
-      throw ConfigError("µP: parameter " + name + " has rank " + std::to_string(p.shape.size()) +
-                        " but a fan-based init law (fans need rank >= 2)");
+      const std::string weight = ends_with(name, ".bias") ? name.substr(0, name.size() - 5) + ".weight" : "";
+      if (weight.empty() || shapes.count(weight) == 0 || base_shapes.count(weight) == 0) {
+        throw ConfigError("µP: parameter " + name + " has rank " + std::to_string(p.shape.size()) +
+                          " and a fan-based init law, but no layer weight to take the fans from");
+      }
+      law_shape = shapes.at(weight);
+      law_base_shape = base_shapes.at(weight);
     }
     if (p.role == WidthRole::kHidden || p.role == WidthRole::kOutput) {
       p.fan_in_mult = fans(p.shape).first / fans(p.base_shape).first;
     }
-    if (p.shape != p.base_shape) {
-      double target = sp_std(p.init, p.base_shape);
+    if (p.shape != p.base_shape || law_shape != law_base_shape) {
+      double target = sp_std(p.init, law_base_shape);
       if (p.role == WidthRole::kHidden) target /= std::sqrt(p.fan_in_mult);
-      p.init_scale = target / sp_std(p.init, p.shape);
+      p.init_scale = target / sp_std(p.init, law_shape);
       if (std::abs(p.init_scale - 1.0) < 1e-12) p.init_scale = 1.0;
     }
     table.push_back(std::move(p));
@@ -141,7 +150,8 @@ void apply_mup(Backbone& model, const Backbone& base, const MupConfig& config) {
       throw ConfigError("µP: output parameter " + p.name + " is not in a layer that applies the "
                         "readout multiplier");
     }
-    readout->readout_multiplier = config.output_mult / p.fan_in_mult;
+    readout->readout_multiplier =
+        (readout->takes_output_mult ? config.output_mult : 1.0) / p.fan_in_mult;
   }
   model.set_optimizer_scaling(std::move(scaling));
 

@@ -28,9 +28,10 @@ void WidthRoles::param(const std::string& name, WidthRole role, InitLaw init) {
                 "the µP role of " + full + " is declared twice");
 }
 
-void WidthRoles::layer(const std::string& name, WidthRole role, InitLaw init, bool bias) {
+void WidthRoles::layer(const std::string& name, WidthRole role, InitLaw init, bool bias,
+                       InitLaw bias_init) {
   param(name + ".weight", role, init);
-  if (bias) param(name + ".bias", WidthRole::kVector, InitLaw::kConstant);
+  if (bias) param(name + ".bias", WidthRole::kVector, bias_init);
 }
 
 }  // namespace ditlab

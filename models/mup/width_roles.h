@@ -29,6 +29,7 @@ enum class InitLaw {
                 // DiT family's patch embeddings: fan_out without the receptive field)
 };
 // For hidden weights, whose fans grow together, every law but kConstant gives the same scale.
+// A rank-1 tensor (a bias) with a fan-based law takes the fans of its layer's weight.
 
 struct WidthDeclaration {
   WidthRole role;
@@ -43,9 +44,11 @@ class WidthRoles {
   WidthRoles scope(const std::string& child) const;
 
   void param(const std::string& name, WidthRole role, InitLaw init);
-  // name.weight with `role` and `init`, and (with `bias`) name.bias as a zero-initialised
-  // vector: every bias the DiT family trains starts at zero or at a shape-independent value.
-  void layer(const std::string& name, WidthRole role, InitLaw init, bool bias = true);
+  // name.weight with `role` and `init`, and (with `bias`) name.bias as a vector whose init law
+  // is `bias_init`: kConstant for zeroed biases, kFanIn for PyTorch's default U(+-1/sqrt(fan_in))
+  // (a bias's fans are its weight's).
+  void layer(const std::string& name, WidthRole role, InitLaw init, bool bias = true,
+             InitLaw bias_init = InitLaw::kConstant);
 
   const std::map<std::string, WidthDeclaration>& declared() const { return *table_; }
 

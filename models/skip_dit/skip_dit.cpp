@@ -74,7 +74,9 @@ void SkipDiT::declare_width_roles(WidthRoles& roles) const {
   DiT::declare_width_roles(roles);
   for (size_t i = 0; i < skip_linears->size(); ++i) {
     roles.layer("skip_norms." + std::to_string(i), WidthRole::kVector, InitLaw::kConstant);
-    roles.layer("skip_linears." + std::to_string(i) + ".linear", WidthRole::kHidden, InitLaw::kXavier);
+    // Created after DiT's initialisation, so PyTorch's default init, bias included (as official).
+    roles.layer("skip_linears." + std::to_string(i) + ".linear", WidthRole::kHidden, InitLaw::kFanIn,
+                /*bias=*/true, /*bias_init=*/InitLaw::kFanIn);
   }
 }
 

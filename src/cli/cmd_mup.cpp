@@ -155,6 +155,14 @@ int run_mup(int argc, char** argv) {
     spdlog::info("model.mup.base_width is not set: the first width, {}, is the base", study.widths.front());
   }
 
+  if (sweep && config.train.grad_clip > 0) {
+    spdlog::warn("train.grad_clip {} also limits the update size, differently at each width; "
+                 "train.grad_clip=0 lets the learning rate alone set it", config.train.grad_clip);
+  }
+  if (sweep && config.train.lr_warmup_steps > study.steps / 10) {
+    spdlog::warn("train.lr_warmup_steps {} is more than a tenth of the {} steps: the sweep mostly "
+                 "measures the warm-up", config.train.lr_warmup_steps, study.steps);
+  }
   auto data = make_dataset(config.data);
   config.model = model_config_for_data(config.model, *data);
   config.model = resolve_model_config(config_at_width(config, study.widths.front(), false, 0).model);

@@ -34,11 +34,15 @@ TEST_CASE("coordinate check: activations keep their size across widths under µP
   study.steps = 5;
   const auto rows = run_coord_check(config, *data, study);
   // Every kind is recorded for both parametrizations, every width and step.
-  CHECK(rows.size() == 2 * 3 * 5 * 5);  // embed, attn, mlp, block, output
-  double mup_worst = 0.0, sp_steepest = 0.0, sp_output = 0.0;
+  CHECK(rows.size() == 2 * 3 * 5 * 6);  // embed, attn_logits, attn, mlp, block, output
+  double mup_worst = 0.0, sp_steepest = 0.0, sp_output = 0.0, mup_logits = 0.0, sp_logits = 0.0;
   for (const auto& s : coord_check_slopes(rows)) {
     if (s.step != study.steps - 1) continue;
     INFO(s.parametrization << " " << s.kind << " slope " << s.slope);
+    if (s.kind == "attn_logits") {
+      (s.parametrization == "mup" ? mup_logits : sp_logits) = s.slope;
+      continue;
+    }
     if (s.parametrization == "mup") mup_worst = std::max(mup_worst, std::abs(s.slope));
     if (s.parametrization == "sp") sp_steepest = std::max(sp_steepest, s.slope);
     if (s.parametrization == "sp" && s.kind == "output") sp_output = s.slope;
@@ -48,6 +52,11 @@ TEST_CASE("coordinate check: activations keep their size across widths under µP
   CHECK(mup_worst < 0.2);
   CHECK(sp_steepest > 0.4);
   CHECK(sp_output > 0.6);
+  // Attention logits: q.k of random q, k is ~sqrt(head_dim), so 1/head_dim makes them vanish
+  // at initialisation (-0.5) and keeps them bounded once q and k align; 1/sqrt(head_dim) lets
+  // them grow. Measured: µP -0.48, SP +0.21.
+  CHECK(mup_logits < 0.0);
+  CHECK(sp_logits > mup_logits + 0.4);
   // At the base width (the first), both parametrizations are the same model and see the same data.
   for (const auto& a : rows) {
     if (a.parametrization != "mup" || a.width != 32) continue;

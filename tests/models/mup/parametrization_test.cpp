@@ -234,3 +234,33 @@ TEST_CASE("a readout multiplier scales the readout's input, not its bias", "[mup
   auto expected = at::matmul(x * 0.25, readout->weight.t()) + readout->bias;
   CHECK(at::allclose(readout->forward(x), expected, 1e-6, 1e-6));
 }
+
+TEST_CASE("µP special cases: the router ignores output_mult, default-initialised biases keep their base scale, DiM's skip layout follows the base width", "[mup]") {
+  ModelConfig moe = small_models(32).at("dit-moe");
+  moe.hidden_size = 128;
+  moe = with_mup(moe, 32);
+  moe.mup.output_mult = 2.0;
+  auto model = build_backbone(moe);
+  auto* dit = dynamic_cast<DiT*>(model.get());
+  CHECK(dit->final_layer->linear->readout_multiplier == 0.5);                        // 2 / 4
+  CHECK(dit->blocks[0]->as<DiTBlockImpl>()->moe->gate->readout_multiplier == 0.25);  // 1 / 4
+
+  // Skip-DiT's skip linears keep PyTorch's default init (bias U(+-1/sqrt(2D))): under µP the
+  // bias keeps the base width's scale, 1/sqrt(3 * 64).
+  ModelConfig skip = small_models(32).at("skip-dit");
+  skip.hidden_size = 256;
+  skip.depth = 2;
+  auto bias = build_backbone(with_mup(skip, 32))->named_parameters()["skip_linears.0.linear.bias"];
+  CHECK(std_of(bias) == Approx(1.0 / std::sqrt(3.0 * 64)).epsilon(0.2));
+  auto sp_bias = build_backbone(skip)->named_parameters()["skip_linears.0.linear.bias"];
+  CHECK(std_of(sp_bias) == Approx(1.0 / std::sqrt(3.0 * 512)).epsilon(0.2));
+
+  // DiM merges skips with two DxD linears above D = 512; a µP model keeps its base's layout.
+  ModelConfig dim = small_models(32).at("dim");
+  dim.hidden_size = 544;
+  auto wide_sp = build_backbone(dim)->named_parameters();
+  CHECK(wide_sp.contains("skip_linears.0.linear_a.weight"));
+  auto wide_mup = build_backbone(with_mup(dim, 32))->named_parameters();
+  CHECK(wide_mup.contains("skip_linears.0.linear.weight"));
+  CHECK(wide_mup["skip_linears.0.linear.weight"].size(1) == 2 * 544);
+}

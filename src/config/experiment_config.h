@@ -111,6 +111,32 @@ struct SampleConfig {
   bool at_end = true;  // draw a sample grid when training ends
 };
 
+// How `dit train-vae` trains an autoencoder (autoencoder.train.*).
+struct AutoencoderTrainConfig {
+  int64_t steps = 2000;
+  int64_t batch_size = 32;
+  double lr = 1e-3;
+  std::string loss = "l1";   // reconstruction: l1 or l2 (summed over pixels, as LDM's)
+  double kl_weight = 1e-6;   // LDM's weight of the KL term (summed over latent elements)
+  int64_t eval_images = 1000;  // held out (the dataset's last images) for the reported PSNR
+};
+
+// The stage between images and the backbone (docs/latents.md): identity trains on pixels, kl on
+// the latents of an AutoencoderKL.
+struct AutoencoderConfig {
+  std::string type = "identity";  // identity or kl
+  std::string weights;            // kl: the weights (.safetensors, diffusers' layout)
+  std::string config;             // kl: diffusers' config.json; "": the weights' metadata or beside
+  double scaling_factor = 0.0;    // latents = scaling_factor * sample; 0: the weights' own
+  bool sample_posterior = true;   // a posterior sample per use (as DiT); false: its mean
+  // The architecture `dit train-vae` builds.
+  std::vector<int64_t> block_out_channels = {32, 64, 64};
+  int64_t layers_per_block = 1;
+  int64_t latent_channels = 4;
+  int64_t norm_num_groups = 16;
+  AutoencoderTrainConfig train;
+};
+
 struct RunConfig {
   std::string dir = "runs/default";
 };
@@ -122,6 +148,7 @@ struct ExperimentConfig {
   TrainConfig train;
   CheckpointConfig checkpoint;
   SampleConfig sample;
+  AutoencoderConfig autoencoder;
   RunConfig run;
 };
 

@@ -1,0 +1,167 @@
+#include "models/vae/vae_weights.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "src/common/error.h"
+#include "src/common/text.h"
+#include "src/io/module_weights.h"
+#include "src/io/safetensors.h"
+
+namespace ditlab {
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw IoError("cannot read " + path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+}  // namespace
+
+AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(json);  // JSON is YAML
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(source + ": not a JSON object (" + e.msg + ")");
+  }
+  if (!root.IsMap()) throw ConfigError(source + ": expected a JSON object (diffusers config.json)");
+  AutoencoderSpec spec;
+  auto& o = spec.options;
+  auto get_int = [&](const char* key, int64_t& field) {
+    if (!root[key]) return;
+    try {
+      field = root[key].as<int64_t>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": \"" + key + "\" must be an integer");
+    }
+  };
+  get_int("in_channels", o.in_channels);
+  get_int("out_channels", o.out_channels);
+  get_int("layers_per_block", o.layers_per_block);
+  get_int("latent_channels", o.latent_channels);
+  get_int("norm_num_groups", o.norm_num_groups);
+  if (root["block_out_channels"]) {
+    try {
+      o.block_out_channels = root["block_out_channels"].as<std::vector<int64_t>>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": \"block_out_channels\" must be a list of integers");
+    }
+  }
+  if (root["scaling_factor"]) {
+    try {
+      spec.scaling_factor = root["scaling_factor"].as<double>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": \"scaling_factor\" must be a number");
+    }
+  }
+  auto check_blocks = [&](const char* key, const char* expected) {
+    if (!root[key]) return;
+    for (const auto& block : root[key]) {
+      if (block.as<std::string>() != expected) {
+        throw ConfigError(source + ": \"" + key + "\" has " + block.as<std::string>() +
+                          "; this AutoencoderKL has " + expected + " only");
+      }
+    }
+    if (root[key].size() != o.block_out_channels.size()) {
+      throw ConfigError(source + ": \"" + key + "\" and \"block_out_channels\" differ in length");
+    }
+  };
+  check_blocks("down_block_types", "DownEncoderBlock2D");
+  check_blocks("up_block_types", "UpDecoderBlock2D");
+  if (root["act_fn"] && root["act_fn"].as<std::string>() != "silu") {
+    throw ConfigError(source + ": \"act_fn\" " + root["act_fn"].as<std::string>() + " (only silu)");
+  }
+  if (root["mid_block_add_attention"] && !root["mid_block_add_attention"].as<bool>()) {
+    throw ConfigError(source + ": \"mid_block_add_attention\": false is not supported");
+  }
+  if (!(spec.scaling_factor > 0)) throw ConfigError(source + ": \"scaling_factor\" must be > 0");
+  return spec;
+}
+
+std::string autoencoder_config_json(const AutoencoderSpec& spec) {
+  const auto& o = spec.options;
+  std::ostringstream out;
+  auto list = [&](const std::string& item) {
+    std::string s = "[";
+    for (size_t i = 0; i < o.block_out_channels.size(); ++i) s += (i ? ", " : "") + item;
+    return s + "]";
+  };
+  out << "{\"_class_name\": \"AutoencoderKL\", \"in_channels\": " << o.in_channels
+      << ", \"out_channels\": " << o.out_channels << ", \"block_out_channels\": [";
+  for (size_t i = 0; i < o.block_out_channels.size(); ++i) out << (i ? ", " : "") << o.block_out_channels[i];
+  out << "], \"down_block_types\": " << list("\"DownEncoderBlock2D\"")
+      << ", \"up_block_types\": " << list("\"UpDecoderBlock2D\"")
+      << ", \"layers_per_block\": " << o.layers_per_block << ", \"latent_channels\": " << o.latent_channels
+      << ", \"norm_num_groups\": " << o.norm_num_groups << ", \"act_fn\": \"silu\", \"scaling_factor\": "
+      << spec.scaling_factor << "}";
+  return out.str();
+}
+
+AutoencoderSpec read_autoencoder_spec(const std::string& weights_path, const std::string& config_path) {
+  if (!config_path.empty()) return parse_autoencoder_config(read_text(config_path), config_path);
+  if (!std::filesystem::exists(weights_path)) {
+    throw IoError("autoencoder weights " + weights_path + " do not exist");
+  }
+  const auto metadata = read_safetensors(weights_path).metadata;
+  auto it = metadata.find("autoencoder_config");
+  if (it != metadata.end()) return parse_autoencoder_config(it->second, weights_path + " (metadata)");
+  const auto beside = std::filesystem::path(weights_path).parent_path() / "config.json";
+  if (std::filesystem::exists(beside)) return parse_autoencoder_config(read_text(beside.string()), beside.string());
+  throw ConfigError("autoencoder weights " + weights_path + ": no architecture found (no "
+                    "\"autoencoder_config\" metadata and no config.json beside it); set "
+                    "autoencoder.config to diffusers' config.json");
+}
+
+std::map<std::string, at::Tensor> current_vae_keys(std::map<std::string, at::Tensor> tensors) {
+  static const std::pair<const char*, const char*> renames[] = {
+      {".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."}, {".proj_attn.", ".to_out.0."}};
+  std::map<std::string, at::Tensor> out;
+  for (auto& [name, tensor] : tensors) {
+    std::string key = name;
+    bool attention = false;
+    for (const auto& [old_name, new_name] : renames) {
+      const auto at = key.find(old_name);
+      if (at != std::string::npos && key.find(".attentions.") != std::string::npos) {
+        key.replace(at, std::string(old_name).size(), new_name);
+        attention = true;
+      }
+    }
+    if (key.find(".attentions.") != std::string::npos &&
+        (ends_with(key, "to_q.weight") || ends_with(key, "to_k.weight") || ends_with(key, "to_v.weight") ||
+         ends_with(key, "to_out.0.weight"))) {
+      attention = true;
+    }
+    if (attention && tensor.dim() == 4 && tensor.size(2) == 1 && tensor.size(3) == 1) {
+      tensor = tensor.flatten(1);  // a 1x1 conv of the original checkpoints is a Linear
+    }
+    out[key] = tensor;
+  }
+  return out;
+}
+
+AutoencoderKL load_autoencoder(const std::string& weights_path, const std::string& config_path,
+                               AutoencoderSpec* spec_out) {
+  const AutoencoderSpec spec = read_autoencoder_spec(weights_path, config_path);
+  AutoencoderKL model(spec.options);
+  load_state_dict(*model, current_vae_keys(read_safetensors(weights_path).tensors), weights_path);
+  model->eval();
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  if (spec_out) *spec_out = spec;
+  return model;
+}
+
+void save_autoencoder(const AutoencoderKL& model, const AutoencoderSpec& spec, const std::string& path,
+                      std::map<std::string, std::string> metadata) {
+  metadata["format"] = "pt";  // what diffusers writes
+  metadata["autoencoder_config"] = autoencoder_config_json(spec);
+  write_safetensors(path, state_dict(*model), metadata);
+}
+
+}  // namespace ditlab

@@ -1,0 +1,146 @@
+#include <catch2/catch.hpp>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "models/vae/autoencoder_kl.h"
+#include "models/vae/vae_weights.h"
+#include "src/common/error.h"
+#include "src/io/module_weights.h"
+#include "src/io/safetensors.h"
+#include "tests/test_support.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+namespace {
+AutoencoderKLOptions small_options() {
+  AutoencoderKLOptions o;
+  o.in_channels = 1;
+  o.out_channels = 1;
+  o.block_out_channels = {16, 32, 32};  // downsampling 4
+  o.layers_per_block = 1;
+  o.latent_channels = 4;
+  o.norm_num_groups = 8;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("the autoencoder maps images to latents f times smaller and back", "[vae]") {
+  at::manual_seed(0);
+  AutoencoderKL vae(small_options());
+  CHECK(vae->options().downsampling() == 4);
+  auto x = at::rand({2, 1, 16, 24}) * 2 - 1;
+  auto posterior = vae->encode(x);
+  CHECK(posterior.mean.sizes() == at::IntArrayRef({2, 4, 4, 6}));
+  CHECK(posterior.logvar.sizes() == at::IntArrayRef({2, 4, 4, 6}));
+  CHECK(vae->decode(posterior.sample()).sizes() == x.sizes());
+  CHECK_THROWS_AS(vae->encode(at::zeros({1, 1, 18, 16})), ShapeError);  // not a multiple of 4
+  CHECK_THROWS_WITH(vae->decode(at::zeros({1, 3, 4, 4})), Catch::Contains("[N, 4, h, w]"));
+}
+
+TEST_CASE("the Stable Diffusion VAE has diffusers' keys and its 83.65M parameters", "[vae]") {
+  AutoencoderKLOptions sd;  // the defaults are sd-vae-ft-ema/mse's config.json
+  sd.in_channels = sd.out_channels = 3;
+  AutoencoderKL vae(sd);
+  int64_t count = 0;
+  for (const auto& p : vae->parameters()) count += p.numel();
+  CHECK(count == 83653863);  // AutoencoderKL.from_pretrained("stabilityai/sd-vae-ft-mse")
+  const auto keys = state_dict(*vae);
+  for (const char* key :
+       {"encoder.conv_in.weight", "encoder.down_blocks.0.resnets.1.norm2.bias",
+        "encoder.down_blocks.1.resnets.0.conv_shortcut.weight", "encoder.down_blocks.2.downsamplers.0.conv.weight",
+        "encoder.mid_block.attentions.0.group_norm.weight", "encoder.mid_block.attentions.0.to_q.weight",
+        "encoder.mid_block.attentions.0.to_out.0.bias", "encoder.mid_block.resnets.1.conv2.weight",
+        "encoder.conv_norm_out.weight", "encoder.conv_out.weight", "quant_conv.weight", "post_quant_conv.bias",
+        "decoder.conv_in.weight", "decoder.up_blocks.0.resnets.2.conv1.weight",
+        "decoder.up_blocks.2.resnets.0.conv_shortcut.weight", "decoder.up_blocks.2.upsamplers.0.conv.weight",
+        "decoder.conv_out.bias"}) {
+    INFO(key);
+    CHECK(keys.count(key) == 1);
+  }
+  CHECK(keys.count("decoder.up_blocks.3.upsamplers.0.conv.weight") == 0);  // none at the last level
+  CHECK(keys.at("encoder.conv_out.weight").size(0) == 8);                   // mean and log-variance
+}
+
+TEST_CASE("the posterior's KL to N(0, I) matches its closed form and a Monte-Carlo estimate", "[vae]") {
+  // One element: KL(N(1, 1) || N(0, 1)) = 1/2.
+  DiagonalGaussian unit{at::ones({1, 1, 1, 1}), at::zeros({1, 1, 1, 1})};
+  CHECK(unit.kl().item<double>() == Approx(0.5));
+  // A small posterior: E_q[log q(z) - log p(z)] over many samples.
+  at::manual_seed(1);
+  DiagonalGaussian q{at::randn({1, 2, 2, 2}), at::randn({1, 2, 2, 2}) * 0.5};
+  const int64_t draws = 200000;
+  auto mean = q.mean.expand({draws, 2, 2, 2}), logvar = q.logvar.expand({draws, 2, 2, 2});
+  DiagonalGaussian many{mean, logvar};
+  auto z = many.sample();
+  auto log_q = -0.5 * ((z - mean).pow(2) / at::exp(logvar) + logvar);  // constants cancel
+  auto log_p = -0.5 * z.pow(2);
+  const double monte_carlo = (log_q - log_p).sum({1, 2, 3}).mean().item<double>();
+  CHECK(q.kl().item<double>() == Approx(monte_carlo).epsilon(0.02));
+  // Sampling follows mean and std.
+  CHECK(z.mean(0).allclose(q.mean[0], 0.02, 0.02));
+  CHECK(z.std(0).allclose(q.std()[0], 0.02, 0.02));
+}
+
+TEST_CASE("autoencoder weights load from diffusers' layout, old attention names included, and mismatches name the key", "[vae]") {
+  TempDir dir("vae");
+  at::manual_seed(2);
+  AutoencoderKL vae(small_options());
+  AutoencoderSpec spec{small_options(), 0.5};
+  vae->eval();
+  auto x = at::rand({1, 1, 16, 16}) * 2 - 1;
+  auto mean = vae->encode(x).mean;
+  auto decoded = vae->decode(mean);
+
+  // Ours: architecture in the metadata.
+  save_autoencoder(vae, spec, dir / "ours.safetensors");
+  AutoencoderSpec read_spec;
+  auto loaded = load_autoencoder(dir / "ours.safetensors", "", &read_spec);
+  CHECK(read_spec.scaling_factor == 0.5);
+  CHECK(read_spec.options.block_out_channels == small_options().block_out_channels);
+  CHECK(at::equal(loaded->encode(x).mean, mean));
+  CHECK(at::equal(loaded->decode(mean), decoded));
+
+  // diffusers' older files: query/key/value/proj_attn as 1x1 convs, config.json beside them.
+  std::map<std::string, at::Tensor> old_layout;
+  for (const auto& [name, t] : state_dict(*vae)) {
+    std::string key = name;
+    for (const auto& [now, before] : {std::pair<std::string, std::string>{"to_q.", "query."}, {"to_k.", "key."},
+                                      {"to_v.", "value."}, {"to_out.0.", "proj_attn."}}) {
+      auto at = key.find(now);
+      if (at != std::string::npos) key.replace(at, now.size(), before);
+    }
+    const bool attention_weight = key != name && t.dim() == 2;
+    old_layout[key] = attention_weight ? t.unsqueeze(-1).unsqueeze(-1).contiguous() : t;
+  }
+  CHECK(old_layout.count("encoder.mid_block.attentions.0.query.weight") == 1);
+  std::filesystem::create_directories(dir / "sd-vae");
+  write_safetensors(dir / "sd-vae/diffusion_pytorch_model.safetensors", old_layout, {{"format", "pt"}});
+  std::ofstream(dir / "sd-vae/config.json") << autoencoder_config_json(spec);
+  auto from_diffusers = load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", "");
+  CHECK(at::equal(from_diffusers->decode(mean), decoded));
+
+  // A wrong key and a wrong shape are named.
+  auto bad = old_layout;
+  bad["decoder.conv_out.weightt"] = bad.at("decoder.conv_out.weight");
+  bad.erase("decoder.conv_out.weight");
+  write_safetensors(dir / "sd-vae/diffusion_pytorch_model.safetensors", bad);
+  CHECK_THROWS_WITH(load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", ""),
+                    Catch::Contains("missing key 'decoder.conv_out.weight'") &&
+                        Catch::Contains("unexpected key 'decoder.conv_out.weightt'"));
+  bad = old_layout;
+  bad["quant_conv.weight"] = at::zeros({8, 8, 3, 3});
+  write_safetensors(dir / "sd-vae/diffusion_pytorch_model.safetensors", bad);
+  CHECK_THROWS_WITH(load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", ""),
+                    Catch::Contains("quant_conv.weight") && Catch::Contains("[8, 8, 3, 3]"));
+  // No architecture anywhere; a config that is not AutoencoderKL's.
+  std::filesystem::remove(dir / "sd-vae/config.json");
+  CHECK_THROWS_WITH(load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", ""),
+                    Catch::Contains("no architecture found"));
+  CHECK_THROWS_WITH(parse_autoencoder_config("{\"down_block_types\": [\"CrossAttnDownBlock2D\"], "
+                                             "\"block_out_channels\": [8]}", "cfg.json"),
+                    Catch::Contains("cfg.json") && Catch::Contains("CrossAttnDownBlock2D"));
+}

@@ -1,0 +1,167 @@
+#include "trainers/vae_trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/optim/adam.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "data/dataset.h"
+#include "models/vae/autoencoder_kl.h"
+#include "models/vae/vae_weights.h"
+#include "src/common/error.h"
+#include "src/common/log.h"
+#include "src/common/progress.h"
+#include "src/io/image_grid.h"
+#include "trainers/experiment.h"
+
+namespace ditlab {
+namespace {
+
+AutoencoderKLOptions options_for(const AutoencoderConfig& c, int64_t channels) {
+  AutoencoderKLOptions o;
+  o.in_channels = o.out_channels = channels;
+  o.block_out_channels = c.block_out_channels;
+  o.layers_per_block = c.layers_per_block;
+  o.latent_channels = c.latent_channels;
+  o.norm_num_groups = c.norm_num_groups;
+  return o;
+}
+
+std::vector<int64_t> range(int64_t begin, int64_t end) {
+  std::vector<int64_t> out;
+  for (int64_t i = begin; i < end; ++i) out.push_back(i);
+  return out;
+}
+
+}  // namespace
+
+double psnr_db(const at::Tensor& originals, const at::Tensor& reconstructions) {
+  const double mse = ((originals - reconstructions.clamp(-1, 1)) / 2).pow(2).mean().item<double>();
+  return 10.0 * std::log10(1.0 / std::max(mse, 1e-12));
+}
+
+VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& command_line) {
+  const auto& ac = config.autoencoder;
+  const auto& tc = ac.train;
+  const auto start = std::chrono::steady_clock::now();
+  auto data = make_dataset(config.data);
+  const int64_t held_out = tc.eval_images, trainable = data->size() - held_out;
+  if (trainable < tc.batch_size) {
+    throw ConfigError("autoencoder.train.eval_images " + std::to_string(held_out) + " leaves " +
+                      std::to_string(trainable) + " of the dataset's " + std::to_string(data->size()) +
+                      " images for training, fewer than autoencoder.train.batch_size " +
+                      std::to_string(tc.batch_size));
+  }
+  const AutoencoderKLOptions options = options_for(ac, data->channels());
+  if (data->image_size() % options.downsampling() != 0) {
+    throw ConfigError("data.image_size " + std::to_string(data->image_size()) + " is not a multiple of the "
+                      "autoencoder's downsampling " + std::to_string(options.downsampling()) +
+                      " (2^(levels of autoencoder.block_out_channels - 1))");
+  }
+  const std::string run_dir = expand_run_dir(config.run.dir);
+  const std::string weights_path = run_dir + "/autoencoder.safetensors";
+  if (std::filesystem::exists(weights_path)) {
+    throw ConfigError("run.dir " + run_dir + " already holds an autoencoder; choose another run.dir");
+  }
+  std::filesystem::create_directories(run_dir);
+  log::add_file_sink(run_dir + "/train.log");
+  const c10::Device device = select_device(config.train.device);
+  write_run_metadata(run_dir, config, command_line, device);
+
+  torch::manual_seed(static_cast<uint64_t>(config.train.seed));
+  AutoencoderKL vae(options);
+  vae->to(device);
+  int64_t parameters = 0;
+  for (const auto& p : vae->parameters()) parameters += p.numel();
+  spdlog::info("autoencoder: levels {}, latent {}x{}x{} per {}x{}x{} image, {:.2f}M parameters; {} training "
+               "and {} held-out images; {} steps of {}", options.block_out_channels.size(),
+               options.latent_channels, data->image_size() / options.downsampling(),
+               data->image_size() / options.downsampling(), data->channels(), data->image_size(),
+               data->image_size(), parameters / 1e6, trainable, held_out, tc.steps, tc.batch_size);
+  torch::optim::Adam optimizer(vae->parameters(), torch::optim::AdamOptions(tc.lr));
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(config.train.seed));
+  const bool l1 = tc.loss == "l1";
+  const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(config.train.log_every, tc.steps));
+
+  VaeTrainSummary summary;
+  summary.weights_path = weights_path;
+  ProgressBar bar(tc.steps, "train-vae", 0, log::stderr_is_terminal());
+  double window_rec = 0.0, window_kl = 0.0;
+  int64_t window = 0;
+  vae->train();
+  for (int64_t step = 0; step < tc.steps; ++step) {
+    auto indices = at::randint(trainable, {tc.batch_size}, generator, at::kLong);
+    std::vector<int64_t> picked(indices.data_ptr<int64_t>(), indices.data_ptr<int64_t>() + tc.batch_size);
+    auto x = data->get_batch(picked).images.to(device);
+    auto posterior = vae->encode(x);
+    auto error = vae->decode(posterior.sample()) - x;
+    auto rec = l1 ? error.abs() : error.pow(2);
+    auto kl = posterior.kl().mean();
+    auto loss = rec.sum() / static_cast<double>(tc.batch_size) + tc.kl_weight * kl;
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    window_rec += rec.mean().item<double>();
+    window_kl += kl.item<double>();
+    if (++window == log_every || step + 1 == tc.steps) {
+      const double mean_rec = window_rec / static_cast<double>(window);
+      if (summary.first_loss == 0.0) summary.first_loss = mean_rec;
+      summary.last_loss = mean_rec;
+      bar.clear();
+      spdlog::info("step {}/{}  {} per pixel {:.4f}  kl {:.1f}", step + 1, tc.steps, tc.loss, mean_rec,
+                   window_kl / static_cast<double>(window));
+      window_rec = window_kl = 0.0;
+      window = 0;
+    }
+    bar.update(step + 1);
+  }
+  bar.finish();
+
+  // Held-out reconstructions from the posterior mean.
+  vae->eval();
+  torch::NoGradGuard no_grad;
+  double squared_error = 0.0, mean_sum = 0.0, square_sum = 0.0;
+  int64_t pixels = 0, latent_elements = 0;
+  at::Tensor shown_originals, shown_reconstructions;
+  for (int64_t first = trainable; first < data->size(); first += tc.batch_size) {
+    auto x = data->get_batch(range(first, std::min(first + tc.batch_size, data->size()))).images.to(device);
+    auto mean = vae->encode(x).mean;
+    auto reconstruction = vae->decode(mean).clamp(-1, 1);
+    squared_error += ((x - reconstruction) / 2).pow(2).sum().item<double>();
+    pixels += x.numel();
+    mean_sum += mean.sum().item<double>();
+    square_sum += mean.pow(2).sum().item<double>();
+    latent_elements += mean.numel();
+    if (!shown_originals.defined()) {
+      shown_originals = x.narrow(0, 0, std::min<int64_t>(16, x.size(0))).cpu();
+      shown_reconstructions = reconstruction.narrow(0, 0, shown_originals.size(0)).cpu();
+    }
+  }
+  summary.psnr_db = 10.0 * std::log10(static_cast<double>(pixels) / std::max(squared_error, 1e-12));
+  const double latent_mean = mean_sum / static_cast<double>(latent_elements);
+  summary.latent_std = std::sqrt(square_sum / static_cast<double>(latent_elements) - latent_mean * latent_mean);
+  summary.scaling_factor = 1.0 / summary.latent_std;
+
+  vae->to(at::kCPU);
+  AutoencoderSpec spec{options, summary.scaling_factor};
+  save_autoencoder(vae, spec, weights_path,
+                   {{"psnr_db", std::to_string(summary.psnr_db)}, {"steps", std::to_string(tc.steps)}});
+  // Rows of 8: originals, then their reconstructions.
+  const int64_t shown = shown_originals.size(0), columns = std::min<int64_t>(8, shown);
+  std::vector<at::Tensor> rows;
+  for (int64_t r = 0; r + columns <= shown; r += columns) {
+    rows.push_back(shown_originals.narrow(0, r, columns));
+    rows.push_back(shown_reconstructions.narrow(0, r, columns));
+  }
+  write_image_grid(run_dir + "/reconstructions.png", at::cat(rows, 0), columns);
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("held-out PSNR {:.2f} dB over {} images; latent std {:.4f} -> scaling_factor {:.5f}; "
+               "wrote {} and {}/reconstructions.png in {}", summary.psnr_db, held_out, summary.latent_std,
+               summary.scaling_factor, weights_path, run_dir, format_duration(summary.seconds));
+  return summary;
+}
+
+}  // namespace ditlab

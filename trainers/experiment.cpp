@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
@@ -33,7 +34,13 @@ c10::Device select_device(const std::string& name) {
   return device;
 }
 
-ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data) {
+ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data,
+                                  const AutoencoderConfig& autoencoder) {
+  const LatentShape latent = latent_shape(autoencoder, data.channels());
+  if (data.image_size() % latent.downsampling != 0) {
+    throw ConfigError("data.image_size " + std::to_string(data.image_size()) + " is not a multiple of "
+                      "the autoencoder's downsampling " + std::to_string(latent.downsampling));
+  }
   ModelConfig c = model;
   auto fill = [](const char* key, int64_t& value, int64_t from_data) {
     if (value == 0) {
@@ -44,8 +51,8 @@ ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data)
                         "; set it to 0 (from the data) or to " + std::to_string(from_data));
     }
   };
-  fill("input_size", c.input_size, data.image_size());
-  fill("in_channels", c.in_channels, data.channels());
+  fill("input_size", c.input_size, data.image_size() / latent.downsampling);
+  fill("in_channels", c.in_channels, latent.channels);
   fill("num_classes", c.num_classes, data.num_classes());
   return c;
 }

@@ -13,9 +13,10 @@ namespace ditlab {
 // "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise.
 c10::Device select_device(const std::string& name);
 
-// Fills input_size, in_channels and num_classes from the data where the config left 0, and
-// refuses values that contradict the data.
-ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data);
+// Fills input_size, in_channels and num_classes from the data (through the autoencoder stage:
+// the latents' size and channels) where the config left 0, and refuses values that contradict it.
+ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data,
+                                  const AutoencoderConfig& autoencoder = {});
 
 // Replaces "{time}" in run.dir with the local time (YYYYmmdd-HHMMSS).
 std::string expand_run_dir(const std::string& pattern);

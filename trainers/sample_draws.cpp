@@ -8,7 +8,8 @@ namespace ditlab {
 
 SampleDraws draw_for_samples(uint64_t seed, int64_t step, int64_t first_index, int64_t count,
                              int64_t num_timesteps, at::IntArrayRef image_shape,
-                             double label_drop_prob, bool random_flip) {
+                             double label_drop_prob, bool random_flip,
+                             at::IntArrayRef posterior_shape) {
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   std::vector<int64_t> noise_shape{count};
   noise_shape.insert(noise_shape.end(), image_shape.begin(), image_shape.end());
@@ -18,15 +19,21 @@ SampleDraws draw_for_samples(uint64_t seed, int64_t step, int64_t first_index, i
   auto* t = d.t.data_ptr<int64_t>();
   auto* drop = d.drop.data_ptr<bool>();
   auto* flip = d.flip.data_ptr<bool>();
+  if (!posterior_shape.empty()) {
+    std::vector<int64_t> shape{count};
+    shape.insert(shape.end(), posterior_shape.begin(), posterior_shape.end());
+    d.posterior_noise = at::empty(shape, f32);
+  }
   for (int64_t i = 0; i < count; ++i) {
     auto gen = sample_generator(seed, static_cast<uint64_t>(step),
                                 static_cast<uint64_t>(first_index + i));
-    // Fixed order of draws per sample: timestep, two uniforms, then the noise.
+    // Fixed order of draws per sample: timestep, two uniforms, the noise, the posterior noise.
     t[i] = at::randint(num_timesteps, {1}, gen, at::TensorOptions().dtype(at::kLong)).item<int64_t>();
     auto u = at::rand({2}, gen, f32);
     drop[i] = u[0].item<float>() < label_drop_prob;
     flip[i] = random_flip && u[1].item<float>() < 0.5f;
     d.noise[i].copy_(at::randn(image_shape, gen, f32));
+    if (d.posterior_noise.defined()) d.posterior_noise[i].copy_(at::randn(posterior_shape, gen, f32));
   }
   return d;
 }

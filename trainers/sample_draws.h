@@ -12,11 +12,13 @@ struct SampleDraws {
   at::Tensor noise;  // [N, C, H, W] float32
   at::Tensor drop;   // [N] bool: replace the label by the null class
   at::Tensor flip;   // [N] bool: mirror the image horizontally
+  at::Tensor posterior_noise;  // [N, latent shape] float32: the autoencoder's posterior sample; or undefined
 };
 
 // Draws for global sample indices first_index .. first_index + count - 1 of optimizer step `step`.
 SampleDraws draw_for_samples(uint64_t seed, int64_t step, int64_t first_index, int64_t count,
                              int64_t num_timesteps, at::IntArrayRef image_shape,
-                             double label_drop_prob, bool random_flip);
+                             double label_drop_prob, bool random_flip,
+                             at::IntArrayRef posterior_shape = {});
 
 }  // namespace ditlab

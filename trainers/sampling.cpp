@@ -16,7 +16,12 @@
 namespace ditlab {
 
 void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffusion,
-                         const SampleConfig& sample) {
+                         const SampleConfig& sample, const AutoencoderConfig& autoencoder) {
+  if (autoencoder.type != "identity" && sample.clip_denoised) {
+    throw ConfigError("sample.clip_denoised clamps the predicted x0 to [-1, 1], which fits pixels, not "
+                      "latents (autoencoder.type " + autoencoder.type + "): set sample.clip_denoised=false "
+                      "(as DiT samples latents)");
+  }
   if (sample.steps > diffusion.steps) {
     throw ConfigError("sample.steps " + std::to_string(sample.steps) + " exceeds diffusion.steps " +
                       std::to_string(diffusion.steps));

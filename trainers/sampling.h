@@ -15,7 +15,7 @@ namespace ditlab {
 // steps than the diffusion has, guidance without a null class, guided channels beyond the noise
 // channels. Throws ConfigError naming the key.
 void check_sample_config(const ModelConfig& model, const DiffusionConfig& diffusion,
-                         const SampleConfig& sample);
+                         const SampleConfig& sample, const AutoencoderConfig& autoencoder = {});
 
 // Refuses an output name that is neither .png nor .safetensors (UsageError), or .png in a build
 // without OpenCV (IoError).

@@ -25,6 +25,7 @@
 #include "trainers/metrics_sink.h"
 #include "trainers/optimizer_state.h"
 #include "trainers/run_directory.h"
+#include "models/vae/autoencoder_stage.h"
 #include "trainers/sampling.h"
 #include "trainers/stop_signal.h"
 
@@ -40,8 +41,9 @@ class Trainer {
         tc_(config_.train),
         device_(device),
         dataset_(std::move(dataset)),
+        autoencoder_(AutoencoderStage::create(config_.autoencoder, device_)),
         step_(config_, build_model(config_, resuming), device_, communicator,
-              /*with_ema=*/communicator.is_main()),
+              /*with_ema=*/communicator.is_main(), autoencoder_.get()),
         loader_(dataset_, EpochSampler(dataset_->size(), tc_.global_batch_size,
                                        static_cast<uint64_t>(tc_.seed)),
                 config_.data.prefetch, communicator.rank(), communicator.world_size()),
@@ -209,6 +211,7 @@ class Trainer {
     if (!config_.sample.at_end) return;
     auto labels = grid_labels(config_.model.num_classes, config_.sample.num_per_class);
     auto samples = generate_samples(step_.ema()->shadow(), config_.diffusion, config_.sample, labels, device_);
+    if (autoencoder_) samples = autoencoder_->decode(samples.to(device_)).cpu();
 #ifdef DITLAB_WITH_OPENCV
     const std::string path = config_.run.dir + "/samples.png";
 #else
@@ -223,6 +226,7 @@ class Trainer {
   const TrainConfig& tc_;
   const c10::Device device_;
   std::shared_ptr<Dataset> dataset_;
+  std::unique_ptr<AutoencoderStage> autoencoder_;  // null: the backbone trains on pixels
   TrainingStep step_;
   PrefetchLoader loader_;
   Communicator& communicator_;
@@ -259,8 +263,10 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                       std::to_string(config.train.grad_accum_steps));
   }
   auto dataset = make_dataset(config.data);
-  config.model = resolve_model_config(model_config_for_data(config.model, *dataset));
-  if (config.sample.at_end) check_sample_config(config.model, config.diffusion, config.sample);
+  config.model = resolve_model_config(model_config_for_data(config.model, *dataset, config.autoencoder));
+  if (config.sample.at_end) {
+    check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
+  }
 
   std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
   if (resume_from && resume_from->step == config.train.steps && run_is_finished(config.run.dir)) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "models/registry.h"
+#include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
 #include "src/diffusion/gaussian_diffusion.h"
 #include "src/diffusion/noise_schedule.h"
@@ -53,12 +54,14 @@ double learning_rate_at(const TrainConfig& config, int64_t step) {
 }
 
 TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backbone> model,
-                           c10::Device device, Communicator& communicator, bool with_ema)
+                           c10::Device device, Communicator& communicator, bool with_ema,
+                           const AutoencoderStage* autoencoder)
     : config_(config),
       tc_(config_.train),
       device_(device),
       bf16_(tc_.precision == "bf16" || (tc_.precision == "auto" && compat::bf16_supported(device))),
       communicator_(communicator),
+      autoencoder_(autoencoder),
       model_(std::move(model)),
       ema_(with_ema ? make_ema(*model_, config_.model) : nullptr),
       trainable_(trainable_parameters(*model_)),
@@ -147,8 +150,10 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   clear_gradients();
   const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
   const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
-  const std::vector<int64_t> image_shape = {batch.images.size(1), batch.images.size(2),
-                                            batch.images.size(3)};
+  // What the backbone sees: the batch itself, or its latents.
+  const BackboneShape shape = model_->shape();
+  const std::vector<int64_t> input_shape = {shape.in_channels, shape.input_size, shape.input_size};
+  const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior();
   StepResult sums;
   sums.loss = at::zeros({}, device_);
   sums.mse = at::zeros({}, device_);
@@ -157,10 +162,14 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
     const int64_t first = micro * micro_batch;  // within this rank's shard
     const int64_t global_first = communicator_.rank() * per_rank + first;
     auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, global_first, micro_batch,
-                                  config_.diffusion.steps, image_shape,
-                                  config_.model.class_dropout_prob, config_.data.random_flip);
+                                  config_.diffusion.steps, input_shape,
+                                  config_.model.class_dropout_prob, config_.data.random_flip,
+                                  posterior ? at::IntArrayRef(input_shape) : at::IntArrayRef());
     auto x0 = batch.images.narrow(0, first, micro_batch);
     x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
+    if (autoencoder_ != nullptr) {
+      x0 = autoencoder_->encode(x0, posterior ? draws.posterior_noise.to(device_) : at::Tensor());
+    }
     auto y = at::where(draws.drop, at::full_like(draws.t, config_.model.num_classes),
                        batch.labels.narrow(0, first, micro_batch)).to(device_);
     auto t = draws.t.to(device_);

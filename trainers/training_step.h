@@ -20,6 +20,7 @@ class AdamW;
 
 namespace ditlab {
 
+class AutoencoderStage;
 class Communicator;
 class Ema;
 class GradReducer;
@@ -44,9 +45,10 @@ double learning_rate_at(const TrainConfig& config, int64_t step);
 class TrainingStep {
  public:
   // `model` is built and initialised by the caller; it is moved to `device` and broadcast from
-  // rank 0. `with_ema` keeps an EMA shadow (rank 0 of a training run).
+  // rank 0. `with_ema` keeps an EMA shadow (rank 0 of a training run). With an `autoencoder`
+  // (on `device`, owned by the caller) batches hold images that are encoded after the flip.
   TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backbone> model, c10::Device device,
-               Communicator& communicator, bool with_ema);
+               Communicator& communicator, bool with_ema, const AutoencoderStage* autoencoder = nullptr);
   ~TrainingStep();
 
   // Step `step` (0-based) on this rank's shard of the global batch (CPU tensors).
@@ -68,6 +70,7 @@ class TrainingStep {
   const c10::Device device_;
   const bool bf16_;
   Communicator& communicator_;
+  const AutoencoderStage* autoencoder_;
   std::shared_ptr<Backbone> model_;
   std::unique_ptr<Ema> ema_;
   const NamedParameters trainable_;  // listed once: the step uses them every time

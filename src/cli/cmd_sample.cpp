@@ -1,6 +1,7 @@
 #include <filesystem>
 
 #include "models/registry.h"
+#include "models/vae/autoencoder_stage.h"
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
 #include "src/common/error.h"
@@ -67,7 +68,7 @@ int run_sample(int argc, char** argv) {
   if (s.num_per_class < 1 || s.steps < 1 || s.cfg_scale < 0) {
     throw UsageError("dit sample: --num-per-class and --steps must be >= 1, --cfg-scale >= 0");
   }
-  check_sample_config(config.model, config.diffusion, s);
+  check_sample_config(config.model, config.diffusion, s, config.autoencoder);
   const c10::Device device = select_device(args.get_or("device", config.train.device));
 
   auto model = build_backbone(config.model);
@@ -77,6 +78,10 @@ int run_sample(int argc, char** argv) {
   spdlog::info("sampling {} images ({} per class) with {} steps of {}, guidance {}",
                labels.size(0), s.num_per_class, s.steps, s.sampler, s.cfg_scale);
   auto samples = generate_samples(*model, config.diffusion, s, labels, device);
+  // Latent models: the images are the autoencoder's decoding (autoencoder.* of the run's config).
+  if (auto autoencoder = AutoencoderStage::create(config.autoencoder, device)) {
+    samples = autoencoder->decode(samples.to(device)).cpu();
+  }
   write_samples(out, samples, labels, s.num_per_class);
   spdlog::info("wrote {}", out);
   return 0;

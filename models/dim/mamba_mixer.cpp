@@ -40,10 +40,12 @@ MambaMixerImpl::MambaMixerImpl(MambaOptions o) : options(o) {
 }
 
 void MambaMixerImpl::declare_width_roles(WidthRoles roles) const {
-  // dt_rank = ceil(D / 16) grows with the width, so x_proj and dt_proj are hidden too.
+  // dt_rank = ceil(D / 16) grows with the width, so x_proj and dt_proj are hidden too; x_proj's
+  // last 2 d_state rows (the scan's B and C) have a fixed fan-out: readout rows.
   for (const char* name : {"in_proj", "x_proj", "out_proj"}) {
     roles.layer(name, WidthRole::kHidden, InitLaw::kFanIn, /*bias=*/false);
   }
+  roles.output_rows("x_proj.weight", 2 * options.d_state);
   roles.layer("dt_proj", WidthRole::kHidden, InitLaw::kFanIn);  // bias: dt's inverse softplus
   roles.layer("conv1d", WidthRole::kVector, InitLaw::kFanIn);   // depthwise, fan-in d_conv
   roles.param("A_log", WidthRole::kVector, InitLaw::kConstant);

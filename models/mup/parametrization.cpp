@@ -90,6 +90,7 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
                         "declare_width_roles must name it)");
     }
     ParamWidth p{name, declared->second.role, declared->second.init, item.value().sizes().vec(), {}};
+    p.output_rows = declared->second.output_rows;
     undeclared_check.erase(declared);
     auto base_shape = base_shapes.find(name);
     if (base_shape == base_shapes.end() || base_shape->second.size() != p.shape.size()) {
@@ -117,6 +118,7 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
       if (p.role == WidthRole::kHidden) target /= std::sqrt(p.fan_in_mult);
       p.init_scale = target / sp_std(p.init, law_shape);
       if (std::abs(p.init_scale - 1.0) < 1e-12) p.init_scale = 1.0;
+      if (p.output_rows > 0) p.output_rows_scale = 1.0 / std::sqrt(p.fan_in_mult);
     }
     table.push_back(std::move(p));
   }
@@ -137,6 +139,10 @@ void apply_mup(Backbone& model, const Backbone& base, const MupConfig& config) {
   std::map<std::string, OptimizerScaling> scaling;
   for (const ParamWidth& p : table) {
     if (p.init_scale != 1.0) parameters.at(p.name).mul_(p.init_scale);
+    if (p.output_rows_scale != 1.0) {
+      at::Tensor w = parameters.at(p.name);
+      w.narrow(0, w.size(0) - p.output_rows, p.output_rows).mul_(p.output_rows_scale);
+    }
     if (p.role == WidthRole::kHidden) scaling[p.name] = {1.0 / p.fan_in_mult, p.fan_in_mult};
     if (p.role != WidthRole::kOutput) continue;
     // The readout multiplier belongs to the nearest enclosing module that applies one.

@@ -30,6 +30,8 @@ struct ParamWidth {
   std::vector<int64_t> shape, base_shape;
   double fan_in_mult = 1.0;  // fan-in / the base model's fan-in (1 for input and vector roles)
   double init_scale = 1.0;   // what the SP initialisation is multiplied by
+  int64_t output_rows = 0;   // trailing readout rows of a hidden weight (WidthDeclaration)
+  double output_rows_scale = 1.0;  // their extra init factor: 1 / sqrt(fan_in_mult)
 };
 
 // Every trainable parameter of `model` with its declared role, checked: each is declared once,

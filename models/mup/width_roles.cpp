@@ -24,8 +24,15 @@ WidthRoles WidthRoles::scope(const std::string& child) const {
 
 void WidthRoles::param(const std::string& name, WidthRole role, InitLaw init) {
   const std::string full = prefix_ + name;
-  DITLAB_ASSERT(table_->emplace(full, WidthDeclaration{role, init}).second,
+  DITLAB_ASSERT(table_->emplace(full, WidthDeclaration{role, init, 0}).second,
                 "the µP role of " + full + " is declared twice");
+}
+
+void WidthRoles::output_rows(const std::string& name, int64_t rows) {
+  auto it = table_->find(prefix_ + name);
+  DITLAB_ASSERT(it != table_->end() && it->second.role == WidthRole::kHidden,
+                "output rows need a declared hidden weight: " + prefix_ + name);
+  it->second.output_rows = rows;
 }
 
 void WidthRoles::layer(const std::string& name, WidthRole role, InitLaw init, bool bias,

@@ -34,6 +34,10 @@ enum class InitLaw {
 struct WidthDeclaration {
   WidthRole role;
   InitLaw init;
+  // A hidden weight whose last `output_rows` rows feed a fixed-size output (DiM's x_proj: the dt
+  // rows grow with the width, the scan's B and C rows do not). Those rows are a readout: µP for
+  // Adam gives them variance 1/fan_in^2 ("Tensor Programs V", Table 3) with the hidden lr / m.
+  int64_t output_rows = 0;
 };
 
 // Declarations keyed by full state-dict name. A scope shares the table and prefixes names, so a
@@ -44,6 +48,8 @@ class WidthRoles {
   WidthRoles scope(const std::string& child) const;
 
   void param(const std::string& name, WidthRole role, InitLaw init);
+  // Marks the last `rows` rows of an already declared hidden weight as readout rows.
+  void output_rows(const std::string& name, int64_t rows);
   // name.weight with `role` and `init`, and (with `bias`) name.bias as a vector whose init law
   // is `bias_init`: kConstant for zeroed biases, kFanIn for PyTorch's default U(+-1/sqrt(fan_in))
   // (a bias's fans are its weight's).

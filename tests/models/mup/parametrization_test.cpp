@@ -264,3 +264,18 @@ TEST_CASE("µP special cases: the router ignores output_mult, default-initialise
   CHECK(wide_mup.contains("skip_linears.0.linear.weight"));
   CHECK(wide_mup["skip_linears.0.linear.weight"].size(1) == 2 * 544);
 }
+
+TEST_CASE("DiM's x_proj rows for B and C are initialised as a readout under µP", "[mup]") {
+  // At m = 4 the dt rows (hidden) keep SP's 1/sqrt(fan_in) scale; the B and C rows (fixed
+  // fan-out) get a further 1/sqrt(4): variance 1/fan_in^2 relative to the base.
+  ModelConfig dim = small_models(32).at("dim");
+  dim.hidden_size = 128;
+  at::manual_seed(5);
+  auto sp = build_backbone(dim)->named_parameters()["blocks.0.mixer.x_proj.weight"];
+  at::manual_seed(5);
+  auto mup = build_backbone(with_mup(dim, 32))->named_parameters()["blocks.0.mixer.x_proj.weight"];
+  const int64_t dt_rank = 128 / 16, d_state = 16;
+  REQUIRE(mup.size(0) == dt_rank + 2 * d_state);
+  CHECK(at::equal(mup.narrow(0, 0, dt_rank), sp.narrow(0, 0, dt_rank)));
+  CHECK(at::allclose(mup.narrow(0, dt_rank, 2 * d_state), sp.narrow(0, dt_rank, 2 * d_state) * 0.5));
+}

@@ -46,6 +46,7 @@ def main():
             best = min(points, key=lambda q: q[1])
             ax.plot([best[0]], [best[1]], marker="*", ms=11, color=color)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # a diverged width does not flatten the others
         ax.set_xlabel("learning rate")
         ax.set_title("µP" if p == "mup" else "standard parametrization")
         ax.grid(alpha=0.3)

@@ -4,6 +4,7 @@
 #include "src/common/error.h"
 #include "src/common/log.h"
 #include "src/common/text.h"
+#include "src/config/config_loader.h"
 #include "src/io/module_weights.h"
 #include "src/io/safetensors.h"
 #include "trainers/checkpoint.h"
@@ -28,6 +29,13 @@ int run_export(int argc, char** argv) {
   write_safetensors(out, ema ? checkpoint.ema : checkpoint.model,
                     weights_metadata(checkpoint.config_yaml, checkpoint.step));
   spdlog::info("wrote {} ({} weights of step {})", out, ema ? "EMA" : "trained", checkpoint.step);
+  ExperimentConfig config;
+  apply_yaml_text(config, checkpoint.config_yaml, dir + " (config)");
+  if (config.model.mup.enabled) {
+    spdlog::warn("this is a µP model (model.mup, base width {}): its readout and attention "
+                 "multipliers are in the embedded config, not in the tensors. dit sample applies "
+                 "them; other code must too (docs/mup.md)", config.model.mup.base_width);
+  }
   return 0;
 }
 

@@ -57,3 +57,15 @@ TEST_CASE("dit mup rejects unknown subcommands, parametrizations and malformed l
                     "run.dir=" + dir.path() + "/run", dir / "e.log") == 1);
   CHECK_THAT(read_all(dir / "e.log"), Catch::Contains("model.mup.base_width"));
 }
+
+TEST_CASE("dit export of a µP model says where its multipliers are, and dit sample applies them", "[mup][cli]") {
+  TempDir dir("mup-export");
+  REQUIRE(run_command(dit_binary() + " train" + std::string(kTiny) + " train.steps=2 sample.at_end=false "
+                      "model.hidden_size=64 model.mup.enabled=true model.mup.base_width=32 run.dir=" +
+                      dir.path() + "/run", dir / "train.log") == 0);
+  REQUIRE(run_command(dit_binary() + " export --checkpoint " + dir.path() + "/run/checkpoints/step-00000002 --out " +
+                      dir.path() + "/w.safetensors", dir / "export.log") == 0);
+  CHECK_THAT(read_all(dir / "export.log"), Catch::Contains("µP model") && Catch::Contains("base width 32"));
+  CHECK(run_command(dit_binary() + " sample --weights " + dir.path() + "/w.safetensors --steps 2 "
+                    "--num-per-class 1 --out " + dir.path() + "/s.safetensors", dir / "sample.log") == 0);
+}

@@ -2,9 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <string>
 
+#include "src/io/atomic_file.h"
 #include "tests/test_support.h"
 
 using ditlab::testing::TempDir;
@@ -12,12 +12,7 @@ using ditlab::testing::dit_binary;
 using ditlab::testing::run_command;
 
 namespace {
-std::string read_all(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string read_all(const std::string& path) { return ditlab::read_file(path); }
 const char* kTiny = " --config configs/debug/dit.yaml data.limit=32 data.image_size=16 train.threads=1";
 }  // namespace
 

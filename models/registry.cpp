@@ -140,9 +140,7 @@ DiMOptions dim_options(const ModelConfig& c) {
   o.with_null_class = c.class_dropout_prob > 0.0;
   o.checkpoint_blocks = c.checkpoint_blocks;
   // Under µP the skip layout follows the base width (whose model supplies the base shapes).
-  if (c.mup.enabled && c.hidden_size > 512 != c.mup.base_width > 512) {
-    o.wide_skip_above = c.mup.base_width > 512 ? 0 : c.hidden_size;
-  }
+  if (c.mup.enabled) o.skip_layout_width = c.mup.base_width;
   return o;
 }
 

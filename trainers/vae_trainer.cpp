@@ -38,9 +38,10 @@ std::vector<int64_t> range(int64_t begin, int64_t end) {
 
 }  // namespace
 
+double psnr_db(double mse) { return 10.0 * std::log10(1.0 / std::max(mse, 1e-12)); }
+
 double psnr_db(const at::Tensor& originals, const at::Tensor& reconstructions) {
-  const double mse = ((originals - reconstructions.clamp(-1, 1)) / 2).pow(2).mean().item<double>();
-  return 10.0 * std::log10(1.0 / std::max(mse, 1e-12));
+  return psnr_db(((originals - reconstructions.clamp(-1, 1)) / 2).pow(2).mean().item<double>());
 }
 
 VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& command_line) {
@@ -140,7 +141,7 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
       shown_reconstructions = reconstruction.narrow(0, 0, shown_originals.size(0)).cpu();
     }
   }
-  summary.psnr_db = 10.0 * std::log10(static_cast<double>(pixels) / std::max(squared_error, 1e-12));
+  summary.psnr_db = psnr_db(squared_error / static_cast<double>(pixels));
   const double latent_mean = mean_sum / static_cast<double>(latent_elements);
   summary.latent_std = std::sqrt(square_sum / static_cast<double>(latent_elements) - latent_mean * latent_mean);
   summary.scaling_factor = 1.0 / summary.latent_std;

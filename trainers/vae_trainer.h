@@ -26,5 +26,7 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
 
 // PSNR in dB of `reconstructions` against `originals`, both in [-1, 1], measured on [0, 1].
 double psnr_db(const at::Tensor& originals, const at::Tensor& reconstructions);
+// The same from a mean squared error measured on [0, 1].
+double psnr_db(double mse);
 
 }  // namespace ditlab

@@ -45,11 +45,11 @@ struct DiMOptions {
   int64_t d_conv = 3;  // also the number of pad tokens ("pad length = d_conv")
   int64_t expand = 2;
   bool checkpoint_blocks = false;  // recompute each block in backward (activation checkpointing)
-  // The long-skip merge as two DxD linears (the official choice for D > 512) instead of one
-  // Linear(2D -> D). 0: decided by hidden_size; µP decides it by the base width, so that the
-  // base model and the wide one have the same parameters.
-  int64_t wide_skip_above = 512;
-  bool wide_skips() const { return hidden_size > wide_skip_above; }
+  // The long skips merge with two DxD linears when this width is above 512 (the official
+  // choice), else with one Linear(2D -> D). 0: hidden_size; µP passes its base width, so that
+  // the base model and the wide one have the same parameters.
+  int64_t skip_layout_width = 0;
+  bool wide_skips() const { return (skip_layout_width > 0 ? skip_layout_width : hidden_size) > 512; }
 };
 
 // The scan order of block `block` of `depth` (0 row-major, -2 row-major reversed, 1 column-major,

@@ -72,7 +72,7 @@ std::map<std::string, std::shared_ptr<torch::nn::Module>> modules_by_name(const 
 std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base) {
   WidthRoles roles;
   model.declare_width_roles(roles);
-  std::map<std::string, WidthDeclaration> undeclared_check = roles.declared();
+  std::map<std::string, WidthDeclaration> unmatched = roles.declared();
   std::map<std::string, std::vector<int64_t>> shapes, base_shapes;
   for (const auto& item : model.named_parameters()) shapes[item.key()] = item.value().sizes().vec();
   for (const auto& item : base.named_parameters()) base_shapes[item.key()] = item.value().sizes().vec();
@@ -80,18 +80,18 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
   std::vector<ParamWidth> table;
   for (const auto& item : model.named_parameters()) {
     const std::string& name = item.key();
-    auto declared = undeclared_check.find(name);
+    auto declared = unmatched.find(name);
     if (!item.value().requires_grad()) {  // fixed tables (DiT's sin-cos pos_embed) do not train
-      if (declared != undeclared_check.end()) undeclared_check.erase(declared);
+      if (declared != unmatched.end()) unmatched.erase(declared);
       continue;
     }
-    if (declared == undeclared_check.end()) {
+    if (declared == unmatched.end()) {
       throw ConfigError("µP: parameter " + name + " has no declared width role (its layer's "
                         "declare_width_roles must name it)");
     }
     ParamWidth p{name, declared->second.role, declared->second.init, item.value().sizes().vec(), {}};
     p.output_rows = declared->second.output_rows;
-    undeclared_check.erase(declared);
+    unmatched.erase(declared);
     auto base_shape = base_shapes.find(name);
     if (base_shape == base_shapes.end() || base_shape->second.size() != p.shape.size()) {
       throw ConfigError("µP: parameter " + name + " " + shape_text(p.shape) +
@@ -122,8 +122,8 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
     }
     table.push_back(std::move(p));
   }
-  if (!undeclared_check.empty()) {
-    throw ConfigError("µP: a width role is declared for " + undeclared_check.begin()->first +
+  if (!unmatched.empty()) {
+    throw ConfigError("µP: a width role is declared for " + unmatched.begin()->first +
                       ", which the model does not have");
   }
   return table;

@@ -120,26 +120,21 @@ AutoencoderSpec read_autoencoder_spec(const std::string& weights_path, const std
 }
 
 std::map<std::string, at::Tensor> current_vae_keys(std::map<std::string, at::Tensor> tensors) {
-  static const std::pair<const char*, const char*> renames[] = {
+  static const std::pair<std::string, std::string> renames[] = {
       {".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."}, {".proj_attn.", ".to_out.0."}};
   std::map<std::string, at::Tensor> out;
   for (auto& [name, tensor] : tensors) {
     std::string key = name;
-    bool attention = false;
-    for (const auto& [old_name, new_name] : renames) {
-      const auto at = key.find(old_name);
-      if (at != std::string::npos && key.find(".attentions.") != std::string::npos) {
-        key.replace(at, std::string(old_name).size(), new_name);
-        attention = true;
+    const bool attention = key.find(".attentions.") != std::string::npos;
+    if (attention) {
+      for (const auto& [old_name, new_name] : renames) {
+        const auto at = key.find(old_name);
+        if (at != std::string::npos) key.replace(at, old_name.size(), new_name);
       }
     }
-    if (key.find(".attentions.") != std::string::npos &&
-        (ends_with(key, "to_q.weight") || ends_with(key, "to_k.weight") || ends_with(key, "to_v.weight") ||
-         ends_with(key, "to_out.0.weight"))) {
-      attention = true;
-    }
+    // The attention's projections are Linears; the original checkpoints stored 1x1 convs.
     if (attention && tensor.dim() == 4 && tensor.size(2) == 1 && tensor.size(3) == 1) {
-      tensor = tensor.flatten(1);  // a 1x1 conv of the original checkpoints is a Linear
+      tensor = tensor.flatten(1);
     }
     out[key] = tensor;
   }

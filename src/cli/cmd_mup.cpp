@@ -53,7 +53,7 @@ void plot(const std::string& script, const std::string& csv, const std::string& 
   }
 }
 
-int coord_check(const Args& args, ExperimentConfig config, const Dataset& data, WidthStudy study,
+int coord_check(const ExperimentConfig& config, const Dataset& data, WidthStudy study,
                 const std::string& out_dir) {
   const auto rows = run_coord_check(config, data, study);
   const std::string csv = out_dir + "/coord_check.csv";
@@ -85,7 +85,7 @@ int coord_check(const Args& args, ExperimentConfig config, const Dataset& data, 
   return 0;
 }
 
-int lr_sweep(const Args& args, ExperimentConfig config, const Dataset& data, WidthStudy study,
+int lr_sweep(const ExperimentConfig& config, const Dataset& data, WidthStudy study,
              const std::string& out_dir) {
   const auto rows = run_lr_sweep(config, data, study);
   const std::string csv = out_dir + "/lr_sweep.csv";
@@ -165,12 +165,13 @@ int run_mup(int argc, char** argv) {
   }
   auto data = make_dataset(config.data);
   config.model = model_config_for_data(config.model, *data);
-  config.model = resolve_model_config(config_at_width(config, study.widths.front(), false, 0).model);
+  // The config as the study runs it at its first width (resolved, so a bad one fails now).
+  config = config_at_width(config, study.widths.front(), config.model.mup.enabled, study.widths.front());
+  config.model = resolve_model_config(config.model);
   const std::string out_dir = args.get_or("out", std::string("runs/mup/") + sub);
   std::filesystem::create_directories(out_dir);
   write_run_metadata(out_dir, config, joined_command_line(argc, argv), select_device(config.train.device));
-  return sweep ? lr_sweep(args, config, *data, study, out_dir)
-               : coord_check(args, config, *data, study, out_dir);
+  return sweep ? lr_sweep(config, *data, study, out_dir) : coord_check(config, *data, study, out_dir);
 }
 
 }  // namespace ditlab::cli

@@ -103,7 +103,10 @@ Batch FashionMnist::get_batch(const std::vector<int64_t>& indices) const {
   auto index = at::tensor(indices, at::TensorOptions().dtype(at::kLong));
   // One gather of uint8 pixels, then one conversion to [-1, 1] floats.
   auto pixels = images_.index_select(0, index);
-  return {pixels.to(at::kFloat).div_(127.5).sub_(1.0), labels_.index_select(0, index)};
+  Batch batch;
+  batch.images = pixels.to(at::kFloat).div_(127.5).sub_(1.0);
+  batch.labels = labels_.index_select(0, index);
+  return batch;
 }
 
 const std::vector<std::string>& FashionMnist::class_names() {

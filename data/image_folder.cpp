@@ -78,7 +78,10 @@ Batch ImageFolder::get_batch(const std::vector<int64_t>& indices) const {
     labels[i] = label;
   }
   // [N, S, S, 3] uint8 -> [N, 3, S, S] in [-1, 1]
-  return {pixels.permute({0, 3, 1, 2}).to(at::kFloat).div_(127.5).sub_(1.0).contiguous(), labels};
+  Batch batch;
+  batch.images = pixels.permute({0, 3, 1, 2}).to(at::kFloat).div_(127.5).sub_(1.0).contiguous();
+  batch.labels = labels;
+  return batch;
 }
 
 }  // namespace ditlab

@@ -1,7 +1,6 @@
 #include "trainers/checkpoint.h"
 
 #include <yaml-cpp/yaml.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -11,6 +10,7 @@
 #include "src/common/error.h"
 #include "src/common/text.h"
 #include "src/io/atomic_file.h"
+#include "src/io/checksum.h"
 #include "src/io/module_weights.h"
 #include "src/io/safetensors.h"
 
@@ -35,16 +35,6 @@ int64_t step_of(const std::string& name) {
   if (name.size() < 13 || name.size() > 23 || name.rfind("step-", 0) != 0) return -1;
   if (!std::all_of(name.begin() + 5, name.end(), ::isdigit)) return -1;
   return std::stoll(name.substr(5));
-}
-
-uint32_t crc32_of(const std::string& bytes) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  // zlib takes lengths as uInt: feed large files in chunks.
-  for (size_t off = 0; off < bytes.size(); off += 1u << 30) {
-    size_t n = std::min<size_t>(bytes.size() - off, 1u << 30);
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data() + off), static_cast<uInt>(n));
-  }
-  return static_cast<uint32_t>(crc);
 }
 
 void fsync_dir(const std::string& dir) {

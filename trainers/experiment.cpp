@@ -8,11 +8,13 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "data/latent_cache.h"
 #include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
+#include "src/io/checksum.h"
 
 namespace ditlab {
 
@@ -34,20 +36,62 @@ c10::Device select_device(const std::string& name) {
   return device;
 }
 
-ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data,
-                                  const AutoencoderConfig& autoencoder) {
-  const LatentShape latent = latent_shape(autoencoder, data.channels());
+c10::Device select_device(const std::string& name, const DistEnv& env) {
+  const c10::Device device = select_device(name);
+  return device.is_cuda() && !device.has_index() ? c10::Device(c10::kCUDA, env.local_rank) : device;
+}
+
+namespace {
+void require_cache_autoencoder(const LatentCacheManifest& cache, const std::string& cache_dir,
+                               const AutoencoderConfig& autoencoder) {
+  const auto& made_by = cache.autoencoder;
+  if (autoencoder.type != "kl") {
+    throw ConfigError("data.name latents (" + cache_dir + ") needs the autoencoder that encoded it, "
+                      "to decode samples: set autoencoder.type=kl and autoencoder.weights=" +
+                      made_by.weights);
+  }
+  if (autoencoder.weights.empty()) {
+    throw ConfigError("autoencoder.weights is empty; the latent cache " + cache_dir +
+                      " was encoded by " + made_by.weights);
+  }
+  const uint32_t crc = crc32_of_file(autoencoder.weights);
+  if (crc != made_by.crc32) {
+    char detail[96];
+    std::snprintf(detail, sizeof(detail), " (crc32 %08x) is not the autoencoder that encoded it (crc32 %08x, ",
+                  crc, made_by.crc32);
+    throw ConfigError("autoencoder.weights " + autoencoder.weights + detail + made_by.weights +
+                      "); the cache " + cache_dir + " must be encoded again with these weights");
+  }
+  if (cache.store == "sample" && !autoencoder.sample_posterior) {
+    throw ConfigError("autoencoder.sample_posterior=false trains on the posterior means, but the "
+                      "latent cache " + cache_dir + " holds one posterior sample per image "
+                      "(encode it with --store moments)");
+  }
+}
+
+}  // namespace
+
+ModelConfig model_config_for_data(const ExperimentConfig& config, const Dataset& data) {
+  // A latent cache already holds what the backbone sees.
+  LatentShape latent{data.channels(), 1};
+  std::string source = "the data";
+  if (const LatentCacheManifest* cache = data.latent_cache()) {
+    require_cache_autoencoder(*cache, config.data.path, config.autoencoder);
+    source = "the latent cache " + config.data.path;
+  } else {
+    latent = latent_shape(config.autoencoder, data.channels());
+  }
   if (data.image_size() % latent.downsampling != 0) {
     throw ConfigError("data.image_size " + std::to_string(data.image_size()) + " is not a multiple of "
                       "the autoencoder's downsampling " + std::to_string(latent.downsampling));
   }
-  ModelConfig c = model;
-  auto fill = [](const char* key, int64_t& value, int64_t from_data) {
+  ModelConfig c = config.model;
+  auto fill = [&source](const char* key, int64_t& value, int64_t from_data) {
     if (value == 0) {
       value = from_data;
     } else if (value != from_data) {
       throw ConfigError("model." + std::string(key) + " is " + std::to_string(value) +
-                        " but the data gives " + std::to_string(from_data) +
+                        " but " + source + " gives " + std::to_string(from_data) +
                         "; set it to 0 (from the data) or to " + std::to_string(from_data));
     }
   };

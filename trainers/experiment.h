@@ -6,17 +6,20 @@
 #include <string>
 
 #include "data/dataset.h"
+#include "src/distributed/dist_env.h"
 #include "src/config/experiment_config.h"
 
 namespace ditlab {
 
 // "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise.
 c10::Device select_device(const std::string& name);
+// The same for one rank of a job: "cuda" means the GPU of the rank's local index.
+c10::Device select_device(const std::string& name, const DistEnv& env);
 
-// Fills input_size, in_channels and num_classes from the data (through the autoencoder stage:
+// config.model with input_size, in_channels and num_classes from the data (through the autoencoder stage:
 // the latents' size and channels) where the config left 0, and refuses values that contradict it.
-ModelConfig model_config_for_data(const ModelConfig& model, const Dataset& data,
-                                  const AutoencoderConfig& autoencoder = {});
+// A latent cache (data.name latents) must have been encoded by the configured autoencoder.
+ModelConfig model_config_for_data(const ExperimentConfig& config, const Dataset& data);
 
 // Replaces "{time}" in run.dir with the local time (YYYYmmdd-HHMMSS).
 std::string expand_run_dir(const std::string& pattern);

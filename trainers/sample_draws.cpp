@@ -15,7 +15,7 @@ SampleDraws draw_for_samples(uint64_t seed, int64_t step, int64_t first_index, i
   noise_shape.insert(noise_shape.end(), image_shape.begin(), image_shape.end());
   SampleDraws d{at::empty({count}, at::TensorOptions().dtype(at::kLong)), at::empty(noise_shape, f32),
                 at::empty({count}, at::TensorOptions().dtype(at::kBool)),
-                at::empty({count}, at::TensorOptions().dtype(at::kBool))};
+                at::empty({count}, at::TensorOptions().dtype(at::kBool)), at::Tensor()};
   auto* t = d.t.data_ptr<int64_t>();
   auto* drop = d.drop.data_ptr<bool>();
   auto* flip = d.flip.data_ptr<bool>();

@@ -245,9 +245,7 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   config.run.dir = expand_run_dir(config.run.dir);
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   const DistEnv dist_env = detect_dist_env();
-  c10::Device device = select_device(config.train.device);
-  // One GPU per rank: "cuda" means the one of this rank's local index.
-  if (device.is_cuda() && !device.has_index()) device = c10::Device(c10::kCUDA, dist_env.local_rank);
+  const c10::Device device = select_device(config.train.device, dist_env);  // one GPU per rank
   Communicator communicator(dist_env, config.train.dist_backend,
                             std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
   if (config.train.grad_reduce_dtype == "bf16" && !communicator.can_sum(at::kBFloat16)) {
@@ -263,7 +261,7 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                       std::to_string(config.train.grad_accum_steps));
   }
   auto dataset = make_dataset(config.data);
-  config.model = resolve_model_config(model_config_for_data(config.model, *dataset, config.autoencoder));
+  config.model = resolve_model_config(model_config_for_data(config, *dataset));
   if (config.sample.at_end) {
     check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
   }

@@ -9,6 +9,7 @@
 #include "models/registry.h"
 #include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
+#include "src/common/error.h"
 #include "src/diffusion/gaussian_diffusion.h"
 #include "src/diffusion/noise_schedule.h"
 #include "src/distributed/communicator.h"
@@ -153,7 +154,13 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   // What the backbone sees: the batch itself, or its latents.
   const BackboneShape shape = model_->shape();
   const std::vector<int64_t> input_shape = {shape.in_channels, shape.input_size, shape.input_size};
-  const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior();
+  // A cache of one posterior sample per image has nothing left to sample.
+  const bool cached = batch.cached_latents.defined();
+  if (cached && autoencoder_ == nullptr) {
+    throw ConfigError("a latent cache (data.name latents) needs its autoencoder: autoencoder.type kl");
+  }
+  const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior() &&
+                         (!cached || batch.cached_latents.size(2) == 2);
   StepResult sums;
   sums.loss = at::zeros({}, device_);
   sums.mse = at::zeros({}, device_);
@@ -165,10 +172,19 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
                                   config_.diffusion.steps, input_shape,
                                   config_.model.class_dropout_prob, config_.data.random_flip,
                                   posterior ? at::IntArrayRef(input_shape) : at::IntArrayRef());
-    auto x0 = batch.images.narrow(0, first, micro_batch);
-    x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
-    if (autoencoder_ != nullptr) {
-      x0 = autoencoder_->encode(x0, posterior ? draws.posterior_noise.to(device_) : at::Tensor());
+    const at::Tensor posterior_noise = posterior ? draws.posterior_noise.to(device_) : at::Tensor();
+    at::Tensor x0;
+    if (cached) {  // the flip picks the mirrored image's latents; the stage scales and samples
+      auto entries = batch.cached_latents.narrow(0, first, micro_batch);
+      auto chosen = at::where(draws.flip.view({-1, 1, 1, 1, 1}),
+                              entries.select(1, entries.size(1) - 1), entries.select(1, 0)).to(device_);
+      x0 = autoencoder_->latents_from(chosen.select(1, 0),
+                                      chosen.size(1) == 2 ? chosen.select(1, 1) : at::Tensor(),
+                                      posterior_noise);
+    } else {
+      x0 = batch.images.narrow(0, first, micro_batch);
+      x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
+      if (autoencoder_ != nullptr) x0 = autoencoder_->encode(x0, posterior_noise);
     }
     auto y = at::where(draws.drop, at::full_like(draws.t, config_.model.num_classes),
                        batch.labels.narrow(0, first, micro_batch)).to(device_);

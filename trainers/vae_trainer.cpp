@@ -49,6 +49,9 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   const auto& tc = ac.train;
   const auto start = std::chrono::steady_clock::now();
   auto data = make_dataset(config.data);
+  if (data->latent_cache() != nullptr) {
+    throw ConfigError("dit train-vae trains on images, but data.name is latents (" + config.data.path + ")");
+  }
   const int64_t held_out = tc.eval_images, trainable = data->size() - held_out;
   if (trainable < tc.batch_size) {
     throw ConfigError("autoencoder.train.eval_images " + std::to_string(held_out) + " leaves " +

@@ -42,15 +42,24 @@ std::unique_ptr<AutoencoderStage> AutoencoderStage::create(const AutoencoderConf
 AutoencoderStage::AutoencoderStage(AutoencoderKL vae, double scaling_factor, bool sample_posterior)
     : vae_(std::move(vae)), scaling_factor_(scaling_factor), sample_posterior_(sample_posterior) {}
 
-at::Tensor AutoencoderStage::encode(const at::Tensor& images, const at::Tensor& posterior_noise) const {
+DiagonalGaussian AutoencoderStage::posterior(const at::Tensor& images) const {
   torch::NoGradGuard no_grad;
-  const DiagonalGaussian posterior = vae_->encode(images.to(at::kFloat));
-  at::Tensor z = posterior.mean;
-  if (sample_posterior_) {
+  return vae_->encode(images.to(at::kFloat));
+}
+
+at::Tensor AutoencoderStage::encode(const at::Tensor& images, const at::Tensor& posterior_noise) const {
+  const DiagonalGaussian p = posterior(images);
+  return latents_from(p.mean, sample_posterior_ ? p.std() : at::Tensor(), posterior_noise);
+}
+
+at::Tensor AutoencoderStage::latents_from(const at::Tensor& mean, const at::Tensor& std,
+                                          const at::Tensor& posterior_noise) const {
+  at::Tensor z = mean.to(at::kFloat);
+  if (sample_posterior_ && std.defined()) {
     if (!posterior_noise.defined() || posterior_noise.sizes() != z.sizes()) {
       throw ShapeError("autoencoder: the posterior noise must have the latents' shape");
     }
-    z = z + posterior.std() * posterior_noise;
+    z = z + std.to(at::kFloat) * posterior_noise;
   }
   return z * scaling_factor_;
 }

@@ -31,6 +31,12 @@ class AutoencoderStage {
   // images [N, C, H, W] in [-1, 1] on the stage's device -> scaled latents (float32). With
   // sample_posterior, `posterior_noise` (standard normal, the latents' shape) draws the sample.
   at::Tensor encode(const at::Tensor& images, const at::Tensor& posterior_noise) const;
+  // The unscaled posterior of images (what `dit encode` caches).
+  DiagonalGaussian posterior(const at::Tensor& images) const;
+  // Scaled latents from an unscaled posterior's mean and std (or from one unscaled sample, with
+  // `std` undefined): with sample_posterior and a std, mean + std * posterior_noise, else the mean.
+  at::Tensor latents_from(const at::Tensor& mean, const at::Tensor& std,
+                          const at::Tensor& posterior_noise) const;
   // Scaled latents -> images in [-1, 1] (clamped), float32 on the stage's device.
   at::Tensor decode(const at::Tensor& latents) const;
 

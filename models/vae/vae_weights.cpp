@@ -109,7 +109,7 @@ AutoencoderSpec read_autoencoder_spec(const std::string& weights_path, const std
   if (!std::filesystem::exists(weights_path)) {
     throw IoError("autoencoder weights " + weights_path + " do not exist");
   }
-  const auto metadata = read_safetensors(weights_path).metadata;
+  const auto metadata = map_safetensors(weights_path).metadata;  // maps the file: reads the header only
   auto it = metadata.find("autoencoder_config");
   if (it != metadata.end()) return parse_autoencoder_config(it->second, weights_path + " (metadata)");
   const auto beside = std::filesystem::path(weights_path).parent_path() / "config.json";
@@ -145,7 +145,7 @@ AutoencoderKL load_autoencoder(const std::string& weights_path, const std::strin
                                AutoencoderSpec* spec_out) {
   const AutoencoderSpec spec = read_autoencoder_spec(weights_path, config_path);
   AutoencoderKL model(spec.options);
-  load_state_dict(*model, current_vae_keys(read_safetensors(weights_path).tensors), weights_path);
+  load_state_dict(*model, current_vae_keys(map_safetensors(weights_path).tensors), weights_path);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   if (spec_out) *spec_out = spec;

@@ -1,6 +1,7 @@
 // `dit bench`: times full training steps (forward, backward, all-reduce, clipping, AdamW, EMA:
 // the trainer's own TrainingStep) on synthetic latents, or whole sampling runs with --sample,
-// and prints one JSON line. Nothing is written to disk.
+// or the configured dataset's batch loading with --data, and prints one JSON line. Nothing is
+// written to disk.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -12,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "data/dataset.h"
+#include "data/epoch_sampler.h"
 #include "models/registry.h"
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
@@ -76,6 +79,34 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
+// The loader alone, as the trainer uses it (the epoch sampler's batches, assembled on this
+// thread), so its rate can be set against the training step's.
+int bench_data_loading(const ExperimentConfig& config, int64_t batch, int64_t steps, int64_t warmup) {
+  if (batch < 1 || steps < 1 || warmup < 0) {
+    throw UsageError("bench: --batch and --steps must be >= 1 and --warmup >= 0");
+  }
+  auto dataset = make_dataset(config.data);
+  EpochSampler sampler(dataset->size(), batch, static_cast<uint64_t>(config.train.seed));
+  std::vector<double> batch_ms;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    const auto indices = sampler.global_batch(i);
+    const auto start = Clock::now();
+    Batch b = dataset->get_batch(indices);
+    if (i >= warmup) batch_ms.push_back(1e3 * seconds_since(start));
+  }
+  const double med = median(batch_ms);
+  std::printf("{\"mode\": \"data\", \"dataset\": \"%s\", \"path\": \"%s\", \"size\": %lld, "
+              "\"batch\": %lld, \"steps\": %lld, \"images_per_s\": %.1f, \"batch_ms_median\": %.3f, "
+              "\"batch_ms_min\": %.3f, \"batch_ms_max\": %.3f}\n",
+              config.data.name.c_str(), config.data.path.c_str(), static_cast<long long>(dataset->size()),
+              static_cast<long long>(batch), static_cast<long long>(steps),
+              static_cast<double>(batch) / (med / 1e3), med,
+              *std::min_element(batch_ms.begin(), batch_ms.end()),
+              *std::max_element(batch_ms.begin(), batch_ms.end()));
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv) {
@@ -92,7 +123,8 @@ int run_bench(int argc, char** argv) {
              {"device", "cpu, cuda or cuda:N (default: cuda when available)"},
              {"threads", "CPU threads (default: LibTorch's)"},
              {"peak-tflops", "device peak for the MFU (default: known GPUs; CPUs: measured matmul)"},
-             {"sample", "time sampling (sample.sampler, sample.steps, sample.cfg_scale) instead", false}},
+             {"sample", "time sampling (sample.sampler, sample.steps, sample.cfg_scale) instead", false},
+             {"data", "time loading the configured dataset's batches alone (data.*) instead", false}},
             argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
   ExperimentConfig config;
@@ -103,6 +135,10 @@ int run_bench(int argc, char** argv) {
   }
   if (args.has("threads")) config.train.threads = args.get_int("threads", 0);
   if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  if (args.has("data")) {
+    return bench_data_loading(config, args.get_int("batch", config.train.global_batch_size),
+                              args.get_int("steps", 50), args.get_int("warmup", 3));
+  }
   ModelConfig& mc = config.model;
   if (args.has("model")) mc.name = args.require("model");
   if (mc.input_size == 0 || args.has("input-size")) mc.input_size = args.get_int("input-size", 32);
@@ -141,8 +177,9 @@ int run_bench(int argc, char** argv) {
   int64_t parameters = 0;
   for (const auto& p : model->parameters()) parameters += p.numel();
   const double macs = static_cast<double>(model->forward_macs());
-  Batch data{at::randn({batch, mc.in_channels, mc.input_size, mc.input_size}),
-             at::randint(mc.num_classes, {batch}, at::TensorOptions().dtype(at::kLong))};
+  Batch data;
+  data.images = at::randn({batch, mc.in_channels, mc.input_size, mc.input_size});
+  data.labels = at::randint(mc.num_classes, {batch}, at::TensorOptions().dtype(at::kLong));
   if (device.is_cuda()) data.images = data.images.pin_memory();
   spdlog::info("bench {} on {} ({}), batch {}, {}x{}x{}, {}, {} warm-up + {} timed {}",
                mc.name, device.str(), device_name, batch, mc.in_channels, mc.input_size,

@@ -164,7 +164,7 @@ int run_mup(int argc, char** argv) {
                  "measures the warm-up", config.train.lr_warmup_steps, study.steps);
   }
   auto data = make_dataset(config.data);
-  config.model = model_config_for_data(config.model, *data);
+  config.model = model_config_for_data(config, *data);
   // The config as the study runs it at its first width (resolved, so a bad one fails now).
   config = config_at_width(config, study.widths.front(), config.model.mup.enabled, study.widths.front());
   config.model = resolve_model_config(config.model);

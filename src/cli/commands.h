@@ -13,5 +13,6 @@ int run_flops(int argc, char** argv);
 int run_bench(int argc, char** argv);
 int run_mup(int argc, char** argv);
 int run_train_vae(int argc, char** argv);
+int run_encode(int argc, char** argv);
 
 }  // namespace ditlab::cli

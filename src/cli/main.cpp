@@ -26,6 +26,7 @@ const char* kUsage =
     "  flops    parameters, tokens and GMACs of a model, from its config (nothing is built)\n"
     "  bench    time training steps (or sampling) on synthetic latents; prints one JSON line\n"
     "  train-vae  train an AutoencoderKL on the configured images (for latent diffusion)\n"
+    "  encode   encode the configured images once into a latent cache (data.name latents)\n"
     "  mup      µP checks: coord-check (activations vs width), lr-sweep (loss vs lr per width)\n"
     "Run `dit <command> --help` for a command's options.\n";
 
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
     if (command == "bench") return cli::run_bench(argc, argv);
     if (command == "mup") return cli::run_mup(argc, argv);
     if (command == "train-vae") return cli::run_train_vae(argc, argv);
+    if (command == "encode") return cli::run_encode(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

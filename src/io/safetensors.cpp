@@ -6,11 +6,14 @@
 #include <algorithm>
 #include <set>
 #include <cstring>
+#include <memory>
 #include <sstream>
 #include <vector>
 
 #include "src/common/error.h"
+#include "src/common/text.h"
 #include "src/io/atomic_file.h"
+#include "src/io/mapped_file.h"
 
 namespace ditlab {
 namespace {
@@ -32,28 +35,6 @@ std::string dtype_name(at::ScalarType type) {
     if (t == type) return name;
   }
   throw IoError(std::string("safetensors cannot store dtype ") + c10::toString(type));
-}
-
-std::string json_escape(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
 }
 
 struct Entry {
@@ -107,20 +88,22 @@ Entry parse_entry(const std::string& path, const std::string& name, const YAML::
 
 }  // namespace
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  std::string bytes = read_file(path);
-  if (bytes.size() < 8) {
-    throw IoError(path + ": truncated safetensors file (" + std::to_string(bytes.size()) +
+SafetensorsFile map_safetensors(const std::string& path) {
+  auto file_bytes = std::make_shared<MappedFile>(path);
+  const char* bytes = file_bytes->data();
+  const uint64_t size = file_bytes->size();
+  if (size < 8) {
+    throw IoError(path + ": truncated safetensors file (" + std::to_string(size) +
                   " bytes; the 8-byte header length is missing)");
   }
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(bytes[i]);
-  if (header_len > kMaxHeaderBytes || header_len > bytes.size() - 8) {
+  if (header_len > kMaxHeaderBytes || header_len > size - 8) {
     throw IoError(path + ": header length " + std::to_string(header_len) +
-                  " exceeds the file (" + std::to_string(bytes.size()) +
+                  " exceeds the file (" + std::to_string(size) +
                   " bytes): truncated or not a safetensors file");
   }
-  std::string header = bytes.substr(8, header_len);
+  std::string header(bytes + 8, header_len);
   auto first = header.find_first_not_of(" \t\r\n");
   if (first == std::string::npos || header[first] != '{') {
     throw IoError(path + ": header is not a JSON object: not a safetensors file");
@@ -131,8 +114,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
   } catch (const YAML::Exception& e) {
     throw IoError(path + ": header is not valid JSON: " + e.what());
   }
-  const uint64_t data_size = bytes.size() - 8 - header_len;
-  const char* data = bytes.data() + 8 + header_len;
+  const uint64_t data_size = size - 8 - header_len;
+  char* data = file_bytes->data() + 8 + header_len;
 
   SafetensorsFile file;
   std::vector<Entry> entries;
@@ -176,13 +159,20 @@ SafetensorsFile read_safetensors(const std::string& path) {
     throw IoError(path + ": " + std::to_string(data_size - cursor) +
                   " trailing bytes after the last tensor");
   }
+  // Each view holds the mapping, so the file stays mapped while any tensor of it lives.
   for (const auto& e : entries) {
-    auto tensor = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
-    if (e.end > e.begin) std::memcpy(tensor.data_ptr(), data + e.begin, e.end - e.begin);
+    auto tensor = at::from_blob(data + e.begin, e.shape, [file_bytes](void*) {},
+                                at::TensorOptions().dtype(e.dtype));
     if (!file.tensors.emplace(e.name, tensor).second) {
       throw IoError(path + ": duplicate tensor name '" + e.name + "'");
     }
   }
+  return file;
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  SafetensorsFile file = map_safetensors(path);
+  for (auto& [name, tensor] : file.tensors) tensor = tensor.clone();  // drops the mapping
   return file;
 }
 
@@ -195,7 +185,7 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
     header << "\"__metadata__\":{";
     for (auto it = metadata.begin(); it != metadata.end(); ++it) {
       if (it != metadata.begin()) header << ",";
-      header << json_escape(it->first) << ":" << json_escape(it->second);
+      header << json_quoted(it->first) << ":" << json_quoted(it->second);
     }
     header << "}";
     first = false;
@@ -205,7 +195,7 @@ void write_safetensors(const std::string& path, const std::map<std::string, at::
   for (const auto& [name, t] : tensors) {
     auto c = t.detach().to(at::kCPU).contiguous();
     uint64_t nbytes = static_cast<uint64_t>(c.numel()) * c.element_size();
-    header << (first ? "" : ",") << json_escape(name) << ":{\"dtype\":\""
+    header << (first ? "" : ",") << json_quoted(name) << ":{\"dtype\":\""
            << dtype_name(c.scalar_type()) << "\",\"shape\":[";
     for (int64_t d = 0; d < c.dim(); ++d) header << (d ? "," : "") << c.size(d);
     header << "],\"data_offsets\":[" << offset << "," << offset + nbytes << "]}";

@@ -28,7 +28,7 @@ ExperimentConfig debug_dit() {
 TEST_CASE("coordinate check: activations keep their size across widths under µP and grow under SP", "[width_study][mup]") {
   ExperimentConfig config = debug_dit();
   auto data = make_dataset(config.data);
-  config.model = model_config_for_data(config.model, *data);
+  config.model = model_config_for_data(config, *data);
   WidthStudy study;
   study.widths = {32, 64, 128};
   study.steps = 5;
@@ -84,7 +84,7 @@ TEST_CASE("a learning-rate sweep trains each width and rate and flags a diverged
   ExperimentConfig config = debug_dit();
   config.train.max_bad_steps = 1000;  // let the sweep see the divergence instead of stopping
   auto data = make_dataset(config.data);
-  config.model = model_config_for_data(config.model, *data);
+  config.model = model_config_for_data(config, *data);
   WidthStudy study;
   study.widths = {32, 64};
   study.mup = {true};

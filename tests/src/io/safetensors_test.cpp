@@ -174,3 +174,33 @@ TEST_CASE("loading weights into a module is strict and names each bad key", "[sa
   CHECK_THAT(problem({{"weight", at::zeros({3, 3})}, {"bias", at::zeros({2})}}),
              Catch::Contains("key 'weight' has shape [3, 3], the model expects [2, 3]"));
 }
+
+TEST_CASE("a mapped safetensors file reads like a copied one, and its views outlive the file object",
+          "[safetensors]") {
+  TempDir dir("st-map");
+  std::map<std::string, at::Tensor> tensors = {{"a", at::randn({5, 3})},
+                                                {"b", at::arange(4, at::kLong)},
+                                                {"c", at::randn({2, 2}).to(at::kBFloat16)}};
+  write_safetensors(dir / "m.safetensors", tensors, {{"k", "v"}});
+  const std::string original = read_file(dir / "m.safetensors");
+  at::Tensor kept;
+  {
+    auto mapped = map_safetensors(dir / "m.safetensors");
+    CHECK(mapped.metadata.at("k") == "v");
+    for (const auto& [name, t] : tensors) {
+      INFO(name);
+      CHECK(at::equal(mapped.tensors.at(name), t));
+    }
+    kept = mapped.tensors.at("a");
+  }
+  // The view keeps the mapping alive; writing to it changes this process's view only.
+  CHECK(at::equal(kept, tensors.at("a")));
+  kept.fill_(7.0);
+  CHECK(read_file(dir / "m.safetensors") == original);
+  CHECK(at::equal(read_safetensors(dir / "m.safetensors").tensors.at("a"), tensors.at("a")));
+  // The same validation as read_safetensors: a truncated file names the file.
+  std::ofstream(dir / "t.safetensors", std::ios::binary) << original.substr(0, original.size() - 3);
+  CHECK_THROWS_WITH(map_safetensors(dir / "t.safetensors"),
+                    Catch::Contains("t.safetensors") && Catch::Contains("truncated"));
+  CHECK_THROWS_WITH(map_safetensors(dir / "missing.safetensors"), Catch::Contains("missing.safetensors"));
+}

@@ -1,0 +1,30 @@
+// A whole file mapped read-only into memory (POSIX mmap). Pages are read on first touch, so
+// opening a large file costs nothing until its bytes are used, and several processes reading the
+// same file share one copy in the page cache.
+#pragma once
+#include <cstddef>
+#include <string>
+
+namespace ditlab {
+
+class MappedFile {
+ public:
+  // Throws IoError naming the path when the file cannot be opened or mapped.
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  // The mapping is private and writable (copy on write): a stray write changes this process's
+  // view only, never the file, and never faults.
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace ditlab

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -77,6 +78,7 @@ std::vector<std::pair<std::string, std::string>> LatentCacheManifest::settings(b
       {"source.image_size", std::to_string(source.image_size)},
       {"source.limit", std::to_string(source.limit)},
       {"source.channels", std::to_string(source.channels)},
+      {"source.sample_crc32", std::to_string(source.sample_crc32)},
       {"autoencoder.weights", json_quoted(autoencoder.weights)},
       {"autoencoder.crc32", std::to_string(autoencoder.crc32)},
       {"autoencoder.bytes", std::to_string(autoencoder.bytes)},
@@ -87,7 +89,10 @@ std::vector<std::pair<std::string, std::string>> LatentCacheManifest::settings(b
   if (comparable) {
     std::vector<std::pair<std::string, std::string>> kept;
     for (auto& kv : s) {
-      if (kv.first != "source.path" && kv.first != "autoencoder.weights") kept.push_back(kv);
+      if (kv.first != "source.path" && kv.first != "autoencoder.weights" && kv.first != "source.limit" &&
+          kv.first != "autoencoder.scaling_factor") {
+        kept.push_back(kv);
+      }
     }
     return kept;
   }
@@ -167,6 +172,7 @@ LatentCacheManifest read_latent_manifest(const std::string& cache_dir) {
   get("source.image_size", m.source.image_size);
   get("source.limit", m.source.limit);
   get("source.channels", m.source.channels);
+  get("source.sample_crc32", m.source.sample_crc32);
   get("autoencoder.weights", m.autoencoder.weights);
   get("autoencoder.crc32", m.autoencoder.crc32);
   get("autoencoder.bytes", m.autoencoder.bytes);
@@ -179,6 +185,7 @@ LatentCacheManifest read_latent_manifest(const std::string& cache_dir) {
   if (m.store != "moments" && m.store != "sample") throw bad("store must be moments or sample");
   if (m.orientations != 1 && m.orientations != 2) throw bad("orientations must be 1 or 2");
   if (m.num_classes <= 0) throw bad("num_classes must be positive");
+  if (!std::isfinite(m.autoencoder.scaling_factor)) throw bad("autoencoder.scaling_factor must be finite");
   try {
     scalar_type_of(m.dtype);
   } catch (const ConfigError& e) {
@@ -199,7 +206,19 @@ void require_same_settings(const std::string& cache_dir, const LatentCacheManife
   }
 }
 
-LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheManifest& m, int64_t shard) {
+namespace {
+uint32_t crc32_of_tensor(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  return crc32_of(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel() * c.element_size()));
+}
+}  // namespace
+
+std::map<std::string, std::string> latent_shard_metadata(const LatentCacheManifest& m, const at::Tensor& latents) {
+  return {{"fingerprint", m.fingerprint()}, {"latents_crc32", std::to_string(crc32_of_tensor(latents))}};
+}
+
+LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheManifest& m, int64_t shard,
+                              bool verify_data) {
   const std::string path = cache_dir + "/" + LatentCacheManifest::shard_file(shard);
   if (!std::filesystem::exists(path)) throw IoError(path + " is missing: the latent cache is incomplete");
   SafetensorsFile file = map_safetensors(path);
@@ -226,6 +245,12 @@ LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheMan
   }
   if (s.labels.sizes() != at::IntArrayRef({n}) || s.labels.scalar_type() != at::kLong) {
     throw bad("labels must be int64 [" + std::to_string(n) + "]");
+  }
+  if (verify_data) {
+    auto crc = file.metadata.find("latents_crc32");
+    if (crc == file.metadata.end() || crc->second != std::to_string(crc32_of_tensor(s.latents))) {
+      throw bad("its latents do not match their stored checksum (the file is corrupt)");
+    }
   }
   return s;
 }

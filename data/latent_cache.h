@@ -6,9 +6,10 @@
 // orientations: 1, or 2 with horizontal-flip copies (index 1 encodes the mirrored image);
 // parts: the posterior's (mean, std), or one posterior sample drawn at encoding time. Values are
 // unscaled: the autoencoder stage applies its scaling factor when training reads them.
-// Shards are memory-mapped, so opening a cache reads only headers and labels.
+// Shards are memory-mapped, so opening a cache reads only their headers.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,6 +32,7 @@ struct LatentCacheManifest {
   struct Source {
     std::string name, path, split;
     int64_t image_size = 0, limit = 0, channels = 0;
+    uint32_t sample_crc32 = 0;  // of the first and last 8 images and labels: tells datasets apart
   } source;
   struct Autoencoder {
     std::string weights;
@@ -47,8 +49,10 @@ struct LatentCacheManifest {
   int64_t parts() const { return store == "moments" ? 2 : 1; }
   static std::string shard_file(int64_t shard);  // "shard-00003.safetensors"
 
-  // Every setting as (dotted key, JSON value), in the manifest's order. The paths are included
-  // but `comparable` settings leave them out: a moved dataset or autoencoder is the same one.
+  // Every setting as (dotted key, JSON value), in the manifest's order. `comparable` settings
+  // are those that change the stored numbers: they leave out the paths (a moved dataset or
+  // autoencoder is identified by its checksums), source.limit (count says what was kept) and the
+  // scaling factor (values are stored unscaled).
   std::vector<std::pair<std::string, std::string>> settings(bool comparable = false) const;
   // A checksum of the comparable settings, stored in every shard to tie it to its manifest.
   std::string fingerprint() const;
@@ -64,13 +68,18 @@ void require_same_settings(const std::string& cache_dir, const LatentCacheManife
                            const LatentCacheManifest& wanted);
 
 // One shard, mapped: its latents and labels after checking them against the manifest. Throws
-// IoError naming the file when it is truncated, belongs to another cache, or has other shapes.
+// IoError naming the file when it is truncated, belongs to another cache, or has other shapes;
+// with `verify_data`, also when its latents do not match the CRC-32 stored with them (this reads
+// the whole shard, so training, which opens every shard, skips it).
 struct LatentShard {
-  at::Tensor latents;  // [n, orientations, parts, C, h, w], viewing the mapped file
-  at::Tensor labels;   // [n] int64, viewing the mapped file
+  at::Tensor latents;  // [n, orientations, parts, C, h, w], viewing the mapped file (read-only)
+  at::Tensor labels;   // [n] int64, viewing the mapped file (read-only)
 };
 LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheManifest& manifest,
-                              int64_t shard);
+                              int64_t shard, bool verify_data = false);
+// The metadata `dit encode` stores with a shard's tensors.
+std::map<std::string, std::string> latent_shard_metadata(const LatentCacheManifest& manifest,
+                                                         const at::Tensor& latents);
 
 class LatentCache : public Dataset {
  public:

@@ -4,6 +4,9 @@
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <cmath>
+#include <exception>
+#include <functional>
 #include <filesystem>
 #include <map>
 
@@ -23,6 +26,26 @@ namespace ditlab {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// The posterior draws of --store sample: a stream of their own, apart from training's
+// (seed, step, index) streams (steps near 2^64 are never reached) and the epoch sampler's (~0).
+at::Generator encoding_generator(int64_t seed, int64_t orientation, int64_t index) {
+  return sample_generator(static_cast<uint64_t>(seed), ~uint64_t{0} - 1 - static_cast<uint64_t>(orientation),
+                          static_cast<uint64_t>(index));
+}
+
+// A CRC-32 of the first and last 8 images and their labels, so that another dataset of the same
+// name and size is not taken for this one when resuming.
+uint32_t sample_checksum(const Dataset& data) {
+  std::vector<int64_t> indices;
+  for (int64_t i = 0; i < std::min<int64_t>(8, data.size()); ++i) indices.push_back(i);
+  for (int64_t i = std::max<int64_t>(8, data.size() - 8); i < data.size(); ++i) indices.push_back(i);
+  const Batch batch = data.get_batch(indices);
+  const at::Tensor images = batch.images.contiguous(), labels = batch.labels.contiguous();
+  std::string bytes(static_cast<const char*>(images.data_ptr()), static_cast<size_t>(images.nbytes()));
+  bytes.append(static_cast<const char*>(labels.data_ptr()), static_cast<size_t>(labels.nbytes()));
+  return crc32_of(bytes);
+}
 
 void check_options(const EncodeOptions& o) {
   if (o.out_dir.empty()) throw UsageError("dit encode needs --out DIR");
@@ -59,7 +82,11 @@ LatentCacheManifest planned_manifest(const ExperimentConfig& config, const Datas
   m.orientations = o.flip ? 2 : 1;
   m.seed = o.store == "sample" ? o.seed : 0;  // moments draw nothing
   m.source = {config.data.name, config.data.path, config.data.split, data.image_size(),
-              config.data.limit, data.channels()};
+              config.data.limit, data.channels(), sample_checksum(data)};
+  if (!std::isfinite(stage.scaling_factor()) || stage.scaling_factor() <= 0) {
+    throw ConfigError("the autoencoder's scaling factor must be a positive number, not " +
+                      std::to_string(stage.scaling_factor()));
+  }
   m.autoencoder.weights = config.autoencoder.weights;
   m.autoencoder.crc32 = crc32_of_file(config.autoencoder.weights);
   m.autoencoder.bytes = static_cast<int64_t>(std::filesystem::file_size(config.autoencoder.weights));
@@ -70,17 +97,38 @@ LatentCacheManifest planned_manifest(const ExperimentConfig& config, const Datas
   return m;
 }
 
-// A shard already on disk that belongs to this cache; anything else is encoded again.
+// A shard already on disk that belongs to this cache and whose data is intact; anything else
+// is encoded again.
 bool shard_is_done(const std::string& dir, const LatentCacheManifest& m, int64_t shard) {
   const std::string path = dir + "/" + LatentCacheManifest::shard_file(shard);
   if (!std::filesystem::exists(path)) return false;
   try {
-    open_latent_shard(dir, m, shard);
+    open_latent_shard(dir, m, shard, /*verify_data=*/true);
     return true;
   } catch (const IoError& e) {
     spdlog::warn("{}; encoding it again", e.what());
-    return false;
+  } catch (const c10::Error& e) {
+    spdlog::warn("{}: {}; encoding it again", path, e.what_without_backtrace());
   }
+  return false;
+}
+
+// Runs `section` on rank 0 only, then tells every rank whether it failed, so that the others
+// stop with a message instead of waiting at the next collective. Rank 0 rethrows its error.
+void on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                  const std::function<void()>& section) {
+  std::exception_ptr error;
+  if (communicator.is_main()) {
+    try {
+      section();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  at::Tensor failed = at::full({1}, error ? 1.0f : 0.0f, at::TensorOptions().device(device));
+  communicator.all_reduce_sum(failed);
+  if (error) std::rethrow_exception(error);
+  if (failed.item<float>() > 0) throw Error("rank 0 failed while " + what + "; its log says why");
 }
 
 // The entries of images [first, first + n): [n, orientations, parts, C, h, w] in the stored dtype.
@@ -107,9 +155,7 @@ void encode_shard(const Dataset& data, const AutoencoderStage& stage, const Late
       } else {  // one draw per (seed, orientation, image), whatever the sharding or rank
         std::vector<at::Tensor> noise;
         for (int64_t index : indices) {
-          noise.push_back(at::randn(m.latent_shape, sample_generator(static_cast<uint64_t>(m.seed),
-                                                                     static_cast<uint64_t>(orientation),
-                                                                     static_cast<uint64_t>(index))));
+          noise.push_back(at::randn(m.latent_shape, encoding_generator(m.seed, orientation, index)));
         }
         entry = (p.mean + p.std() * at::stack(noise).to(device)).unsqueeze(1);
       }
@@ -118,10 +164,11 @@ void encode_shard(const Dataset& data, const AutoencoderStage& stage, const Late
     labels.narrow(0, b, count).copy_(batch.labels);
     on_images(count);
   }
+  auto metadata = latent_shard_metadata(m, latents);
+  metadata["first"] = std::to_string(first);
+  metadata["count"] = std::to_string(n);
   write_safetensors(dir + "/" + LatentCacheManifest::shard_file(shard),
-                    {{"latents", latents}, {"labels", labels}},
-                    {{"fingerprint", m.fingerprint()}, {"first", std::to_string(first)},
-                     {"count", std::to_string(n)}});
+                    {{"latents", latents}, {"labels", labels}}, metadata);
 }
 
 }  // namespace
@@ -148,14 +195,14 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
   const LatentCacheManifest manifest = planned_manifest(config, *data, *stage, o);
   const std::string& dir = o.out_dir;
 
-  if (communicator.is_main()) {
+  on_main_rank(communicator, device, "preparing " + dir, [&] {
     if (std::filesystem::exists(manifest_path(dir))) {
       require_same_settings(dir, read_latent_manifest(dir), manifest);
       spdlog::info("{} exists with the same settings: resuming", dir);
     } else {
       std::filesystem::create_directories(dir);
-      write_latent_manifest(dir, manifest);  // complete: false until every shard is checked
     }
+    write_latent_manifest(dir, manifest);  // complete: false until every shard is checked
     write_run_metadata(dir, config, o.command_line, device);
     spdlog::info("encoding {} images ({}x{} px, {} orientation{}) into {} shards of {}: {} {} latents "
                  "[{}, {}, {}] on {}, {} rank{}",
@@ -164,8 +211,7 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
                  manifest.shard_size, manifest.dtype, manifest.store, manifest.latent_shape[0],
                  manifest.latent_shape[1], manifest.latent_shape[2], device.str(),
                  communicator.world_size(), communicator.world_size() > 1 ? "s" : "");
-  }
-  communicator.barrier();  // the manifest exists before any shard is written
+  });  // the manifest exists before any shard is written
 
   // Rounds of one shard per rank, each ending in a barrier: no rank waits longer than one shard.
   const int world = communicator.world_size(), rank = communicator.rank();
@@ -203,13 +249,13 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
   }
   bar.finish();
 
-  if (communicator.is_main()) {  // every shard is checked before the cache says complete
-    for (int64_t s = 0; s < shards; ++s) open_latent_shard(dir, manifest, s);
+  on_main_rank(communicator, device, "checking the shards of " + dir, [&] {
+    // Every shard, its data included, is checked before the cache says complete.
+    for (int64_t s = 0; s < shards; ++s) open_latent_shard(dir, manifest, s, /*verify_data=*/true);
     LatentCacheManifest finished = manifest;
     finished.complete = true;
     write_latent_manifest(dir, finished);
-  }
-  communicator.barrier();
+  });
   summary.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   summary.images_per_s = encoded_images / std::max(encode_seconds, 1e-9);
   spdlog::info("{}: {} images, {} shards encoded and {} kept by rank {}, {:.1f} s", dir, summary.count,

@@ -15,8 +15,9 @@ class MappedFile {
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
 
-  // The mapping is private and writable (copy on write): a stray write changes this process's
-  // view only, never the file, and never faults.
+  // The mapping is read-only: writing through it is a crash. (A writable private mapping would
+  // count against the memory commit limit, which strict-overcommit nodes enforce.) The file must
+  // not be truncated while mapped: reading past its new end raises SIGBUS.
   char* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }

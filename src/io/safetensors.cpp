@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <set>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -74,9 +75,17 @@ Entry parse_entry(const std::string& path, const std::string& name, const YAML::
   } catch (const YAML::Exception&) {
     throw bad("shape and data_offsets must hold non-negative integers");
   }
+  // Checked products: a crafted shape must not wrap around to a small byte count.
   uint64_t numel = 1;
-  for (int64_t d : e.shape) numel *= static_cast<uint64_t>(d);
-  uint64_t bytes = numel * c10::elementSize(e.dtype);
+  for (int64_t d : e.shape) {
+    if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) {
+      throw bad("shape has more elements than fit in 64 bits");
+    }
+    numel *= static_cast<uint64_t>(d);
+  }
+  const uint64_t element = c10::elementSize(e.dtype);
+  if (numel > std::numeric_limits<uint64_t>::max() / element) throw bad("shape is too large");
+  uint64_t bytes = numel * element;
   if (e.end < e.begin || e.end - e.begin != bytes) {
     std::ostringstream msg;
     msg << "data_offsets [" << e.begin << ", " << e.end << "] do not hold " << bytes
@@ -161,8 +170,14 @@ SafetensorsFile map_safetensors(const std::string& path) {
   }
   // Each view holds the mapping, so the file stays mapped while any tensor of it lives.
   for (const auto& e : entries) {
-    auto tensor = at::from_blob(data + e.begin, e.shape, [file_bytes](void*) {},
-                                at::TensorOptions().dtype(e.dtype));
+    char* first = data + e.begin;
+    at::Tensor tensor;
+    if (reinterpret_cast<uintptr_t>(first) % c10::elementSize(e.dtype) == 0) {
+      tensor = at::from_blob(first, e.shape, [file_bytes](void*) {}, at::TensorOptions().dtype(e.dtype));
+    } else {  // other writers may not align the data: copy it out bytewise
+      tensor = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
+      if (e.end > e.begin) std::memcpy(tensor.data_ptr(), first, e.end - e.begin);
+    }
     if (!file.tensors.emplace(e.name, tensor).second) {
       throw IoError(path + ": duplicate tensor name '" + e.name + "'");
     }

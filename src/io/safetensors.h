@@ -18,10 +18,11 @@ struct SafetensorsFile {
 // (truncated, bad header, unknown dtype, offsets out of range, holes or overlaps).
 SafetensorsFile read_safetensors(const std::string& path);
 
-// The same checks, but the tensors view a memory mapping of the file instead of owning copies:
-// opening costs only the header, and bytes are read from disk when a tensor is first used. Each
-// tensor keeps the mapping alive; writing to one changes this process's view only. The file must
-// not be truncated while mapped (the writers here replace files by renaming, which is safe).
+// The same checks, but the tensors view a read-only memory mapping of the file instead of owning
+// copies: opening costs only the header, and bytes are read from disk when a tensor is first
+// used. Each tensor keeps the mapping alive. They must not be written to (copy or clone them
+// first), and the file must not be truncated while mapped (the writers here replace files by
+// renaming, which leaves a mapping of the old file intact on a local file system).
 SafetensorsFile map_safetensors(const std::string& path);
 
 // Writes atomically (temporary file, fsync, rename): readers never see a partial file.

@@ -54,6 +54,13 @@ TEST_CASE("dit encode on 2 ranks writes the cache of 1 rank, and dit train learn
   // Running it again finds every shard done.
   REQUIRE(run_command(encode_command(weights, dir / "one"), dir / "again.log") == 0);
   CHECK_THAT(read_file(dir / "again.log"), Catch::Contains("0 shards encoded and 3 kept"));
+  // Other settings into the same folder on 2 ranks: rank 0 names the difference and rank 1
+  // stops at once, saying so, rather than waiting for a collective that never comes.
+  CHECK(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29642 -- " +
+                        encode_command(weights, dir / "one") + " --dtype float16",
+                    dir / "other.log") != 0);
+  CHECK_THAT(read_file(dir / "other.log"), Catch::Contains("dtype = \"float32\"") &&
+                                               Catch::Contains("rank 0 failed while preparing"));
 
   const std::string train = dit_binary() + " train --config " + ditlab::testing::source_dir() +
                             "/configs/debug/dit.yaml data.name=latents data.path=" + (dir / "one") +

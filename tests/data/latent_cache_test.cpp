@@ -143,6 +143,19 @@ TEST_CASE("incomplete, foreign and malformed caches are errors naming the file",
                     {{"fingerprint", m.fingerprint()}});
   CHECK_THAT(io_error(dir.path()), Catch::Contains("shard-00002.safetensors") && Catch::Contains("latents are"));
 
+  // A shard whose data does not match its stored checksum (checked on request: dit encode).
+  write_cache(dir.path(), m);
+  const at::Tensor latents = at::stack({entry_values(0, m), entry_values(1, m)});
+  auto metadata = latent_shard_metadata(m, latents);
+  write_safetensors(dir / "shard-00000.safetensors",
+                    {{"latents", latents}, {"labels", at::zeros({2}, at::kLong)}}, metadata);
+  CHECK_NOTHROW(open_latent_shard(dir.path(), m, 0, true));
+  write_safetensors(dir / "shard-00000.safetensors",
+                    {{"latents", latents + 1}, {"labels", at::zeros({2}, at::kLong)}}, metadata);
+  CHECK_NOTHROW(open_latent_shard(dir.path(), m, 0, false));
+  CHECK_THROWS_WITH(open_latent_shard(dir.path(), m, 0, true),
+                    Catch::Contains("shard-00000.safetensors") && Catch::Contains("checksum"));
+
   // A manifest with a key missing, or not a manifest at all.
   std::string text = read_file(dir / "manifest.json");
   const auto at = text.find("\"store\"");
@@ -159,14 +172,20 @@ TEST_CASE("settings that differ from an existing cache are named", "[latents][da
   other.dtype = "bfloat16";
   CHECK_THROWS_WITH(require_same_settings("/c", m, other),
                     Catch::Contains("dtype = \"float32\"") && Catch::Contains("\"bfloat16\""));
-  // The paths may move: the dataset and the autoencoder are identified by their contents.
+  // The paths may move (the dataset and the autoencoder are identified by their checksums), the
+  // limit says nothing the count does not, and the values are stored unscaled.
   other = m;
   other.source.path = "/elsewhere";
   other.autoencoder.weights = "/elsewhere/vae.safetensors";
+  other.source.limit = 0;
+  other.autoencoder.scaling_factor = 1.0;
   CHECK_NOTHROW(require_same_settings("/c", m, other));
   CHECK(other.fingerprint() == m.fingerprint());
   other.autoencoder.crc32 = 1;
   CHECK_THROWS_WITH(require_same_settings("/c", m, other), Catch::Contains("autoencoder.crc32"));
+  other = m;
+  other.source.sample_crc32 = 7;
+  CHECK_THROWS_WITH(require_same_settings("/c", m, other), Catch::Contains("source.sample_crc32"));
 }
 
 TEST_CASE("data.name latents checks flips and the image size against the cache", "[latents][data]") {

@@ -131,7 +131,8 @@ TEST_CASE("a stored posterior sample does not depend on the sharding, and float1
   // The draw of image 13: mean + std * noise from the generator of (seed 5, orientation 0, 13).
   auto stage = AutoencoderStage::create(config.autoencoder, c10::Device(c10::kCPU));
   const DiagonalGaussian p = stage->posterior(make_dataset(config.data)->get_batch({13}).images);
-  const at::Tensor noise = at::randn({4, 8, 8}, sample_generator(5, 0, 13));
+  // (Its stream is apart from training's: the step coordinate is 2^64 - 2 - orientation.)
+  const at::Tensor noise = at::randn({4, 8, 8}, sample_generator(5, ~uint64_t{0} - 1, 13));
   CHECK(at::allclose(la[13][0][0], p.mean[0] + p.std()[0] * noise, 1e-5, 1e-6));
 
   EncodeOptions half = encode_options(dir / "half", false, 20);
@@ -176,6 +177,20 @@ TEST_CASE("an interrupted encode resumes, keeping its finished shards, and refus
   CHECK(read_latent_manifest(out).complete);
   CHECK(LatentCache(out, 0).size() == 100);
 
+  // A shard of the right size with a corrupt byte, and a shard of another cache, are found by
+  // their checksum and fingerprint and encoded again.
+  std::string corrupt = shard0;
+  corrupt[corrupt.size() - 100] ^= 0x40;
+  write_file_atomically(out + "/shard-00000.safetensors", corrupt);
+  encode_dataset(config_with(weights, {"data.limit=48"}), encode_options(dir / "foreign", false));
+  std::filesystem::copy_file(dir / "foreign/shard-00000.safetensors", out + "/shard-00001.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  const EncodeSummary repaired = encode_dataset(config, encode_options(out, false));
+  CHECK(repaired.shards_encoded == 2);
+  CHECK(repaired.shards_kept == 1);
+  CHECK(read_file(out + "/shard-00000.safetensors") == shard0);
+  CHECK(read_file(out + "/shard-00001.safetensors") == shard1);
+
   // The same folder with other settings: refused by name, nothing touched.
   CHECK_THROWS_WITH(encode_dataset(config, encode_options(out, true)),
                     Catch::Contains("orientations = 1") && Catch::Contains("another --out"));
@@ -184,6 +199,10 @@ TEST_CASE("an interrupted encode resumes, keeping its finished shards, and refus
   const std::string other = random_autoencoder(dir / "other.safetensors", 4);
   CHECK_THROWS_WITH(encode_dataset(config_with(other, {}), encode_options(out, false)),
                     Catch::Contains("autoencoder.crc32"));
+  // The dataset is identified by its first and last images too: the test split of the same
+  // size differs there from the training split.
+  encode_dataset(config_with(weights, {"data.split=test"}), encode_options(dir / "test-split", false));
+  CHECK(read_latent_manifest(dir / "test-split").source.sample_crc32 != read_latent_manifest(out).source.sample_crc32);
   CHECK(read_file(out + "/shard-00000.safetensors") == shard0);
   // Options that make no sense.
   EncodeOptions bad = encode_options(dir / "x", false);

@@ -16,7 +16,8 @@ bool free_on_resume(const std::string& key) {
   for (const auto& k : kFree) {
     if (key == k) return true;
   }
-  return key.rfind("sample.", 0) == 0;  // sampling after training does not touch training
+  // Sampling and evaluation after training do not touch training.
+  return key.rfind("sample.", 0) == 0 || key.rfind("eval.", 0) == 0 || key.rfind("classifier.", 0) == 0;
 }
 
 std::vector<std::string> check_resume_config(const ExperimentConfig& saved,

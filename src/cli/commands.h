@@ -14,5 +14,7 @@ int run_bench(int argc, char** argv);
 int run_mup(int argc, char** argv);
 int run_train_vae(int argc, char** argv);
 int run_encode(int argc, char** argv);
+int run_train_classifier(int argc, char** argv);
+int run_eval(int argc, char** argv);
 
 }  // namespace ditlab::cli

@@ -27,6 +27,8 @@ const char* kUsage =
     "  bench    time training steps (or sampling) on synthetic latents; prints one JSON line\n"
     "  train-vae  train an AutoencoderKL on the configured images (for latent diffusion)\n"
     "  encode   encode the configured images once into a latent cache (data.name latents)\n"
+    "  train-classifier  train the feature network of dit eval on the configured images\n"
+    "  eval     sample a run's EMA weights and measure FID, precision, recall, IS, accuracy\n"
     "  mup      µP checks: coord-check (activations vs width), lr-sweep (loss vs lr per width)\n"
     "Run `dit <command> --help` for a command's options.\n";
 
@@ -54,6 +56,8 @@ int main(int argc, char** argv) {
     if (command == "mup") return cli::run_mup(argc, argv);
     if (command == "train-vae") return cli::run_train_vae(argc, argv);
     if (command == "encode") return cli::run_encode(argc, argv);
+    if (command == "train-classifier") return cli::run_train_classifier(argc, argv);
+    if (command == "eval") return cli::run_eval(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

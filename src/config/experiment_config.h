@@ -137,6 +137,30 @@ struct AutoencoderConfig {
   AutoencoderTrainConfig train;
 };
 
+// The small image classifier `dit train-classifier` trains (classifier.*; docs/research.md):
+// its penultimate features give a Fréchet distance where no Inception network fits the data
+// (Fashion-MNIST), its predictions the accuracy of class-conditional samples.
+struct ClassifierConfig {
+  std::vector<int64_t> channels = {32, 64, 128};  // per stage: two 3x3 convs, then 2x pooling
+  int64_t steps = 3000;
+  int64_t batch_size = 128;
+  double lr = 2e-3;
+  int64_t eval_images = 2000;  // the dataset's last N images, held out for the accuracy
+};
+
+// `dit eval` (eval.*): sample quality of a run's EMA weights against the real data.
+struct EvalConfig {
+  std::string features = "classifier";  // classifier (dit train-classifier) or inception
+  std::string classifier;               // the classifier's weights (.safetensors)
+  std::string inception;                // a TorchScript Inception (inception-2015-12-05.pt)
+  int64_t num_samples = 10000;          // generated images, classes in turn
+  int64_t batch_size = 100;
+  int64_t reference_images = 0;  // real images for the statistics; 0: all of data.*
+  int64_t nearest_k = 3;         // precision / recall neighbourhoods
+  int64_t is_splits = 10;        // Inception Score splits
+  std::string reference_dir = "runs/reference";  // cached statistics of the real data
+};
+
 struct RunConfig {
   std::string dir = "runs/default";
 };
@@ -149,6 +173,8 @@ struct ExperimentConfig {
   CheckpointConfig checkpoint;
   SampleConfig sample;
   AutoencoderConfig autoencoder;
+  ClassifierConfig classifier;
+  EvalConfig eval;
   RunConfig run;
 };
 

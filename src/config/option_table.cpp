@@ -312,6 +312,26 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(autoencoder.train.eval_images), 1, kNoMax,
                  "train-vae: the dataset's last N images, held out for the reported PSNR"),
 
+      int_list_option(FIELD(classifier.channels), 1, kNoMax,
+                      "train-classifier: widths per stage (two 3x3 convs, then 2x pooling)"),
+      int_option(FIELD(classifier.steps), 1, kNoMax, "train-classifier: optimizer steps"),
+      int_option(FIELD(classifier.batch_size), 1, kNoMax, "train-classifier: images per step"),
+      float_option(FIELD(classifier.lr), 0, kInf, true, "train-classifier: AdamW learning rate (cosine decay)"),
+      int_option(FIELD(classifier.eval_images), 1, kNoMax,
+                 "train-classifier: the dataset's last N images, held out for the reported accuracy"),
+
+      string_option(FIELD(eval.features), {"classifier", "inception"},
+                    "eval: feature network (classifier: dit train-classifier; inception: TorchScript)"),
+      optional_path_option(FIELD(eval.classifier), "eval: the classifier's weights (dit train-classifier)"),
+      optional_path_option(FIELD(eval.inception),
+                           "eval: TorchScript Inception (e.g. inception-2015-12-05.pt)"),
+      int_option(FIELD(eval.num_samples), 2, kNoMax, "eval: generated images (classes in turn)"),
+      int_option(FIELD(eval.batch_size), 1, kNoMax, "eval: images per sampling / feature batch"),
+      int_option(FIELD(eval.reference_images), 0, kNoMax, "eval: real images for the statistics; 0 = all"),
+      int_option(FIELD(eval.nearest_k), 1, kNoMax, "eval: k of the precision / recall neighbourhoods"),
+      int_option(FIELD(eval.is_splits), 1, kNoMax, "eval: Inception Score splits"),
+      string_option(FIELD(eval.reference_dir), {}, "eval: folder of cached real-data statistics"),
+
       string_option(FIELD(run.dir), {}, "Run directory (config, logs, metrics, weights)"),
   };
 }

@@ -24,6 +24,26 @@ FeatureStatistics feature_statistics(const at::Tensor& features) {
   return s;
 }
 
+void FeatureMoments::add(const at::Tensor& features) {
+  const at::Tensor x = features.to(at::kDouble);
+  if (!sum.defined()) {
+    sum = at::zeros({x.size(1)}, x.options());
+    outer = at::zeros({x.size(1), x.size(1)}, x.options());
+  }
+  sum += x.sum(0);
+  outer += x.t().mm(x);
+  count += x.size(0);
+}
+
+FeatureStatistics FeatureMoments::statistics() const {
+  if (count < 2) throw ShapeError("feature statistics need at least 2 feature vectors, got " + std::to_string(count));
+  FeatureStatistics s;
+  s.count = count;
+  s.mean = sum / static_cast<double>(count);
+  s.covariance = (outer - static_cast<double>(count) * at::outer(s.mean, s.mean)) / static_cast<double>(count - 1);
+  return s;
+}
+
 at::Tensor sqrt_psd(const at::Tensor& matrix) {
   const at::Tensor m = matrix.to(at::kDouble);
   const at::Tensor symmetric = (m + m.t()) / 2;  // rounding can leave it slightly asymmetric

@@ -19,6 +19,16 @@ struct FeatureStatistics {
 };
 FeatureStatistics feature_statistics(const at::Tensor& features);
 
+// The same statistics accumulated batch by batch (sums of x and x x^T in double), for feature
+// sets too large to hold, or spread over ranks (sum the moments, then take the statistics).
+struct FeatureMoments {
+  at::Tensor sum;    // [D]
+  at::Tensor outer;  // [D, D]
+  int64_t count = 0;
+  void add(const at::Tensor& features);
+  FeatureStatistics statistics() const;
+};
+
 // The square root of a symmetric positive semi-definite matrix (eigenvalues below 0, from
 // rounding, count as 0), in double.
 at::Tensor sqrt_psd(const at::Tensor& matrix);

@@ -80,5 +80,13 @@ TEST_CASE("feature statistics are numpy's mean and unbiased covariance", "[metri
   // np.cov([[1,3,5],[2,5,11]]) = [[4, 9], [9, 21]]
   CHECK(at::allclose(s.covariance, at::tensor({4.0, 9.0, 9.0, 21.0}, at::kDouble).view({2, 2})));
   CHECK_THROWS_AS(feature_statistics(at::zeros({1, 4})), ShapeError);
+  // Accumulated in two batches, the moments give the same statistics.
+  FeatureMoments moments;
+  moments.add(x.narrow(0, 0, 2));
+  moments.add(x.narrow(0, 2, 1));
+  const FeatureStatistics streamed = moments.statistics();
+  CHECK(streamed.count == 3);
+  CHECK(at::allclose(streamed.mean, s.mean));
+  CHECK(at::allclose(streamed.covariance, s.covariance));
   CHECK_THROWS_AS(frechet_distance(s, feature_statistics(at::randn({5, 3}))), ShapeError);
 }

@@ -16,5 +16,6 @@ int run_train_vae(int argc, char** argv);
 int run_encode(int argc, char** argv);
 int run_train_classifier(int argc, char** argv);
 int run_eval(int argc, char** argv);
+int run_sweep(int argc, char** argv);
 
 }  // namespace ditlab::cli

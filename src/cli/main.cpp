@@ -29,6 +29,7 @@ const char* kUsage =
     "  encode   encode the configured images once into a latent cache (data.name latents)\n"
     "  train-classifier  train the feature network of dit eval on the configured images\n"
     "  eval     sample a run's EMA weights and measure FID, precision, recall, IS, accuracy\n"
+    "  sweep    run a grid of experiments (or print their commands) and tabulate the results\n"
     "  mup      µP checks: coord-check (activations vs width), lr-sweep (loss vs lr per width)\n"
     "Run `dit <command> --help` for a command's options.\n";
 
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     if (command == "encode") return cli::run_encode(argc, argv);
     if (command == "train-classifier") return cli::run_train_classifier(argc, argv);
     if (command == "eval") return cli::run_eval(argc, argv);
+    if (command == "sweep") return cli::run_sweep(argc, argv);
     std::fprintf(stderr, "dit: unknown command '%s'\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const UsageError& e) {

@@ -1,0 +1,72 @@
+// dit train-classifier, dit sweep (training and evaluating two runs) and scripts/plot_scaling.py
+// from the command line.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "src/io/atomic_file.h"
+#include "tests/test_support.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+using ditlab::testing::dit_binary;
+using ditlab::testing::run_command;
+
+TEST_CASE("dit sweep trains and evaluates a grid and tabulates it", "[sweep][eval]") {
+  TempDir dir("sweep-cli");
+  const std::string source = ditlab::testing::source_dir();
+  REQUIRE(run_command(dit_binary() + " train-classifier --config " + source +
+                          "/configs/eval/fashion_mnist_classifier.yaml data.limit=600 classifier.steps=5 "
+                          "classifier.eval_images=100 classifier.channels=[8,8,8] run.dir=" + (dir / "classifier"),
+                      dir / "classifier.log") == 0);
+  CHECK_THAT(read_file(dir / "classifier.log"), Catch::Contains("held-out accuracy"));
+  std::ofstream(dir / "sweep.yaml")
+      << "base: " << source << "/configs/debug/dit.yaml\n"
+      << "dir: " << dir.path() << "/runs\n"
+      << "overrides: [train.steps=3, sample.at_end=false]\n"
+      << "grid:\n  model.conditioning: [adaln_zero, in_context]\n"
+      << "eval: [--num-samples, '40', --steps, '2', eval.batch_size=20, eval.reference_dir=" << dir.path()
+      << "/reference, eval.classifier=" << dir.path() << "/classifier/classifier.safetensors]\n";
+  REQUIRE(run_command(dit_binary() + " sweep --config " + (dir / "sweep.yaml") + " --print", dir / "print.log") == 0);
+  const std::string printed = read_file(dir / "print.log");
+  CHECK(std::count(printed.begin(), printed.end(), '\n') == 4);
+  CHECK_THAT(printed, Catch::Contains(" train --config ") && Catch::Contains(" eval --run-dir "));
+
+  REQUIRE(run_command(dit_binary() + " sweep --config " + (dir / "sweep.yaml"), dir / "sweep.log") == 0);
+  const std::string csv = read_file(dir / "runs/results.csv");
+  INFO(csv);
+  CHECK_THAT(csv, Catch::Contains("conditioning-adaln_zero,adaln_zero,done,3,"));
+  CHECK_THAT(csv, Catch::Contains("conditioning-in_context,in_context,done,3,"));
+  CHECK(std::filesystem::exists(dir / "runs/conditioning-in_context/eval.json"));
+  CHECK(std::filesystem::exists(dir / "runs/results.md"));
+  CHECK(std::filesystem::exists(dir / "runs/logs/conditioning-adaln_zero.log"));
+  // A second pass finds both runs finished and leaves them as they are.
+  REQUIRE(run_command(dit_binary() + " sweep --config " + (dir / "sweep.yaml") + " --collect", dir / "collect.log") == 0);
+  CHECK(read_file(dir / "runs/results.csv") == csv);
+}
+
+TEST_CASE("plot_scaling.py fits a power law to a sweep's results", "[sweep][plots]") {
+  TempDir dir("scaling-plot");
+  // loss = 2 C^-0.05 and fid = 900 C^-0.1 over four compute budgets.
+  std::ofstream csv(dir / "results.csv");
+  csv << "run,model.patch_size,status,step,loss,params_m,gmacs,training_flops,fid,precision,recall,inception_score,accuracy\n";
+  int i = 0;
+  for (double c : {1e12, 1e13, 1e14, 1e15}) {
+    csv << "r" << i << "," << (8 >> i % 3) << ",done,10," << 2 * std::pow(c, -0.05) << ",1,1," << c << ","
+        << 900 * std::pow(c, -0.1) << ",,,,\n";
+    ++i;
+  }
+  csv << "r9,2,missing,,,,,,,,,,\n";
+  csv.close();
+  REQUIRE(run_command("/usr/bin/python3 " + ditlab::testing::source_dir() + "/scripts/plot_scaling.py " +
+                          (dir / "results.csv"),
+                      dir / "plot.log") == 0);
+  const std::string log = read_file(dir / "plot.log");
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("loss = 2 C^-0.050") && Catch::Contains("(R^2 1.000)"));
+  CHECK_THAT(log, Catch::Contains("fid = 900 C^-0.100"));
+  CHECK(std::filesystem::exists(dir / "scaling_loss.png"));
+  CHECK(std::filesystem::exists(dir / "scaling_fid.png"));
+}

@@ -1,0 +1,62 @@
+// dit train-classifier and dit eval on Fashion-MNIST, small and short.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/io/atomic_file.h"
+#include "tests/test_support.h"
+#include "trainers/classifier_trainer.h"
+#include "trainers/evaluation.h"
+#include "trainers/trainer.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a run with it", "[eval]") {
+  TempDir dir("eval");
+  const auto classifier_config = load_experiment_config(
+      ditlab::testing::source_dir() + "/configs/eval/fashion_mnist_classifier.yaml",
+      {"data.path=" + ditlab::testing::fashion_mnist_dir(), "data.limit=3000", "classifier.steps=80",
+       "classifier.channels=[16,32,32]", "classifier.eval_images=500", "train.log_every=20", "run.dir=" + dir / "classifier"});
+  const ClassifierTrainSummary classifier = train_classifier(classifier_config, "test");
+  INFO("held-out accuracy " << classifier.held_out_accuracy);
+  CHECK(classifier.held_out_accuracy > 0.5);  // 10 classes: chance is 0.1
+  CHECK(classifier.last_loss < classifier.first_loss);
+  CHECK_THROWS_WITH(train_classifier(classifier_config, "test"), Catch::Contains("already holds a classifier"));
+
+  train(load_experiment_config(ditlab::testing::source_dir() + "/configs/debug/dit.yaml",
+                               {"run.dir=" + dir / "run", "train.steps=10", "sample.at_end=false"}));
+  ExperimentConfig config = load_experiment_config(dir / "run/config.yaml");
+  apply_overrides(config, {"eval.classifier=" + classifier.weights_path, "eval.reference_dir=" + dir / "reference",
+                           "eval.num_samples=60", "eval.batch_size=30", "sample.steps=3"});
+  EvalOptions options;
+  options.run_dir = dir / "run";
+  const EvalResult first = evaluate_run(config, options);
+  CHECK(first.fid > 0);
+  CHECK(first.reference_images == 256);  // the run's data.limit
+  CHECK(first.precision >= 0);
+  CHECK(first.recall <= 1);
+  CHECK(first.inception_score >= 1);
+  CHECK(first.accuracy >= 0);
+  CHECK(first.step == 10);
+  CHECK(first.training_flops == Approx(6.0 * first.gmacs_per_image * 1e9 * 10 * 16));
+  const std::string json = read_file(dir / "run/eval.json");
+  CHECK_THAT(json, Catch::Contains("\"fid\": ") && Catch::Contains("\"num_samples\": 60"));
+  // The reference statistics are cached once; the same evaluation gives the same numbers.
+  REQUIRE(std::distance(std::filesystem::directory_iterator(dir / "reference"), {}) == 1);
+  const EvalResult second = evaluate_run(config, options);
+  CHECK(second.fid == first.fid);
+  CHECK(second.precision == first.precision);
+  std::ifstream history(dir / "run/evals.jsonl");
+  CHECK(std::count(std::istreambuf_iterator<char>(history), {}, '\n') == 2);
+  // Guidance changes the samples, hence the FID.
+  apply_overrides(config, {"sample.cfg_scale=1.0"});
+  CHECK(evaluate_run(config, options).fid != first.fid);
+
+  // Errors name what is missing.
+  options.run_dir = dir / "nothing";
+  CHECK_THROWS_WITH(evaluate_run(config, options), Catch::Contains("nothing/ema.safetensors"));
+}

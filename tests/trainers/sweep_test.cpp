@@ -1,0 +1,97 @@
+// Sweep files: reading, grid expansion, commands, and the results table.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include "src/common/error.h"
+#include "src/io/atomic_file.h"
+#include "tests/test_support.h"
+#include "trainers/sweep.h"
+
+using namespace ditlab;
+using ditlab::testing::TempDir;
+
+namespace {
+std::string write_sweep(const TempDir& dir, const std::string& body) {
+  const std::string path = dir / "sweep.yaml";
+  std::ofstream(path) << "base: " << ditlab::testing::source_dir() << "/configs/debug/dit.yaml\n"
+                      << "dir: " << dir.path() << "/runs\n" << body;
+  return path;
+}
+}  // namespace
+
+TEST_CASE("a sweep grid expands into named runs, first key slowest", "[sweep]") {
+  TempDir dir("sweep");
+  const SweepSpec spec = read_sweep(write_sweep(dir, "overrides: [train.steps=3]\n"
+                                                     "grid:\n  model.hidden_size: [32, 64]\n"
+                                                     "  model.conditioning: [adaln_zero, adaln, in_context]\n"
+                                                     "eval: [--num-samples, '100']\n"));
+  CHECK(spec.eval);
+  const auto runs = expand_sweep(spec);
+  REQUIRE(runs.size() == 6);
+  CHECK(runs[0].name == "hidden_size-32_conditioning-adaln_zero");
+  CHECK(runs[2].name == "hidden_size-32_conditioning-in_context");
+  CHECK(runs[3].name == "hidden_size-64_conditioning-adaln_zero");
+  CHECK(runs[5].run_dir == dir.path() + "/runs/hidden_size-64_conditioning-in_context");
+  CHECK(runs[4].overrides == std::vector<std::string>{"train.steps=3", "model.hidden_size=64",
+                                                      "model.conditioning=adaln",
+                                                      "run.dir=" + dir.path() + "/runs/hidden_size-64_conditioning-adaln"});
+  const std::string train = train_command(spec, runs[1], "dit");
+  CHECK_THAT(train, Catch::StartsWith("dit train --config '") && Catch::Contains("--resume auto") &&
+                        Catch::Contains("'model.conditioning=adaln'"));
+  CHECK(eval_command(spec, runs[1], "dit") ==
+        "dit eval --run-dir '" + runs[1].run_dir + "' '--num-samples' '100'");
+}
+
+TEST_CASE("bad sweep files are errors naming the file, the key or the run", "[sweep]") {
+  TempDir dir("sweep-bad");
+  CHECK_THROWS_WITH(read_sweep(dir / "none.yaml"), Catch::Contains("none.yaml") && Catch::Contains("does not exist"));
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid:\n  model.depth: [1]\nruns: 3\n")),
+                    Catch::Contains("unknown key 'runs'"));
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid:\n  model.depth: 2\n")),
+                    Catch::Contains("'grid.model.depth' must be a list"));
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid: {}\n")), Catch::Contains("'grid' must map"));
+  CHECK_THROWS_WITH(expand_sweep(read_sweep(write_sweep(dir, "grid:\n  model.depht: [1, 2]\n"))),
+                    Catch::Contains("run 'depht-1'") && Catch::Contains("model.depht"));
+  CHECK_THROWS_WITH(expand_sweep(read_sweep(write_sweep(dir, "grid:\n  model.conditioning: [adaln, sideways]\n"))),
+                    Catch::Contains("run 'conditioning-sideways'"));
+  CHECK_THROWS_WITH(expand_sweep(read_sweep(write_sweep(dir, "grid:\n  model.mlp_ratio: ['4', '4']\n"))),
+                    Catch::Contains("two runs would be named"));
+}
+
+TEST_CASE("the results table reads each run's config, metrics and eval.json", "[sweep]") {
+  TempDir dir("sweep-table");
+  const SweepSpec spec = read_sweep(write_sweep(dir, "overrides: [train.steps=4, train.global_batch_size=8]\n"
+                                                     "grid:\n  model.patch_size: [4, 8]\n"));
+  const auto runs = expand_sweep(spec);
+  // A finished run written by hand: its config, the last metrics line, weights, eval.json.
+  std::filesystem::create_directories(runs[0].run_dir);
+  std::ofstream(runs[0].run_dir + "/config.yaml")
+      << "model:\n  name: dit\n  depth: 2\n  hidden_size: 64\n  num_heads: 2\n  patch_size: 4\n"
+         "  input_size: 32\n  in_channels: 1\n  num_classes: 10\ntrain:\n  steps: 4\n  global_batch_size: 8\n";
+  std::ofstream(runs[0].run_dir + "/metrics.jsonl") << "{\"step\": 2, \"loss\": 0.9}\n{\"step\": 4, \"loss\": 0.5}\n";
+  std::ofstream(runs[0].run_dir + "/ema.safetensors") << "x";
+  std::ofstream(runs[0].run_dir + "/eval.json") << "{\"fid\": 12.5, \"precision\": 0.7, \"recall\": 0.4, "
+                                                   "\"inception_score\": 8.1, \"accuracy\": null}\n";
+  const SweepTable table = collect_sweep(spec, runs);
+  auto column = [&](const std::string& name) {
+    return static_cast<size_t>(std::find(table.columns.begin(), table.columns.end(), name) - table.columns.begin());
+  };
+  REQUIRE(table.rows.size() == 2);
+  const auto& done = table.rows[0];
+  CHECK(done[column("model.patch_size")] == "4");
+  CHECK(done[column("status")] == "done");
+  CHECK(done[column("step")] == "4");
+  CHECK(done[column("loss")] == "0.5");
+  CHECK(done[column("fid")] == "12.5");
+  CHECK(done[column("accuracy")] == "");
+  // 6 x forward MACs x steps x batch.
+  const double gmacs = std::stod(done[column("gmacs")]);
+  CHECK(std::stod(done[column("training_flops")]) == Approx(6 * gmacs * 1e9 * 4 * 8).epsilon(1e-5));
+  CHECK(table.rows[1][column("status")] == "missing");
+  write_sweep_table(spec, table);
+  const std::string md = read_file(dir / "runs/results.md");
+  CHECK_THAT(md, Catch::StartsWith("| run | model.patch_size | status"));
+  CHECK_THAT(read_file(dir / "runs/results.csv"), Catch::Contains("patch_size-8,8,missing"));
+}

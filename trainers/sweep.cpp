@@ -1,0 +1,207 @@
+#include "trainers/sweep.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "models/registry.h"
+#include "src/common/error.h"
+#include "src/config/config_loader.h"
+#include "src/io/atomic_file.h"
+
+namespace ditlab {
+namespace fs = std::filesystem;
+namespace {
+
+std::vector<std::string> string_list(const YAML::Node& node, const std::string& file, const std::string& key) {
+  if (!node.IsSequence()) throw ConfigError(file + ": '" + key + "' must be a list");
+  std::vector<std::string> out;
+  for (const auto& item : node) {
+    if (!item.IsScalar()) throw ConfigError(file + ": '" + key + "' must hold plain values");
+    out.push_back(item.as<std::string>());
+  }
+  return out;
+}
+
+// "model.conditioning" -> "conditioning"; values keep letters, digits, '.', '-' and '_'.
+std::string name_part(const std::string& key, const std::string& value) {
+  std::string clean;
+  for (char c : value) clean += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_') ? c : '_';
+  return key.substr(key.rfind('.') + 1) + "-" + clean;
+}
+
+std::string shell_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+// The last line of a JSON-lines file, parsed; a null node when there is none.
+YAML::Node last_json_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty()) last = line;
+  }
+  return last.empty() ? YAML::Node() : YAML::Load(last);
+}
+
+}  // namespace
+
+SweepSpec read_sweep(const std::string& path) {
+  if (!fs::exists(path)) throw ConfigError("sweep file " + path + " does not exist");
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(path + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) throw ConfigError(path + ": a sweep file is a mapping (base, dir, overrides, grid, eval)");
+  const std::set<std::string> known = {"base", "dir", "overrides", "grid", "eval"};
+  for (const auto& item : root) {
+    const std::string key = item.first.as<std::string>();
+    if (known.count(key) == 0) {
+      throw ConfigError(path + ": unknown key '" + key + "'; expected base, dir, overrides, grid or eval");
+    }
+  }
+  SweepSpec spec;
+  spec.file = path;
+  if (!root["base"] || !root["dir"] || !root["grid"]) throw ConfigError(path + ": base, dir and grid are required");
+  const fs::path base = root["base"].as<std::string>();
+  spec.base = base.is_absolute() ? base.string() : (fs::path(path).parent_path() / base).lexically_normal().string();
+  spec.dir = root["dir"].as<std::string>();
+  if (root["overrides"]) spec.overrides = string_list(root["overrides"], path, "overrides");
+  if (!root["grid"].IsMap() || root["grid"].size() == 0) {
+    throw ConfigError(path + ": 'grid' must map config keys to lists of values");
+  }
+  for (const auto& item : root["grid"]) {
+    const std::string key = item.first.as<std::string>();
+    auto values = string_list(item.second, path, "grid." + key);
+    if (values.empty()) throw ConfigError(path + ": grid." + key + " has no values");
+    spec.grid.emplace_back(key, values);
+  }
+  if (root["eval"]) {
+    spec.eval = true;
+    spec.eval_args = string_list(root["eval"], path, "eval");
+  }
+  return spec;
+}
+
+std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
+  std::vector<SweepRun> runs = {SweepRun{}};
+  for (const auto& [key, values] : spec.grid) {  // the first key varies slowest
+    std::vector<SweepRun> next;
+    for (const auto& run : runs) {
+      for (const auto& value : values) {
+        SweepRun r = run;
+        r.values.emplace_back(key, value);
+        r.name += (r.name.empty() ? "" : "_") + name_part(key, value);
+        next.push_back(r);
+      }
+    }
+    runs = std::move(next);
+  }
+  std::set<std::string> names;
+  for (auto& run : runs) {
+    if (!names.insert(run.name).second) {
+      throw ConfigError(spec.file + ": two runs would be named '" + run.name + "'; make the grid's values distinct");
+    }
+    run.run_dir = spec.dir + "/" + run.name;
+    run.overrides = spec.overrides;
+    for (const auto& [key, value] : run.values) run.overrides.push_back(key + "=" + value);
+    run.overrides.push_back("run.dir=" + run.run_dir);
+    try {
+      load_experiment_config(spec.base, run.overrides);
+    } catch (const Error& e) {
+      throw ConfigError(spec.file + ": run '" + run.name + "': " + e.what());
+    }
+  }
+  return runs;
+}
+
+std::string train_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit) {
+  std::string command = dit + " train --config " + shell_quoted(spec.base) + " --resume auto";
+  for (const auto& o : run.overrides) command += " " + shell_quoted(o);
+  return command;
+}
+
+std::string eval_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit) {
+  std::string command = dit + " eval --run-dir " + shell_quoted(run.run_dir);
+  for (const auto& a : spec.eval_args) command += " " + shell_quoted(a);
+  return command;
+}
+
+SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& runs) {
+  SweepTable table;
+  table.columns = {"run"};
+  for (const auto& [key, values] : spec.grid) table.columns.push_back(key);
+  const std::vector<std::string> measured = {"status", "step", "loss", "params_m", "gmacs", "training_flops",
+                                             "fid", "precision", "recall", "inception_score", "accuracy"};
+  table.columns.insert(table.columns.end(), measured.begin(), measured.end());
+  for (const auto& run : runs) {
+    std::map<std::string, std::string> cell;
+    cell["run"] = run.name;
+    for (const auto& [key, value] : run.values) cell[key] = value;
+    const std::string config_path = run.run_dir + "/config.yaml";
+    if (!fs::exists(config_path)) {
+      cell["status"] = "missing";
+    } else {
+      ExperimentConfig config;
+      apply_yaml_text(config, read_file(config_path), config_path);
+      const ModelCost cost = model_cost(config.model);
+      cell["params_m"] = number(cost.parameters / 1e6);
+      cell["gmacs"] = number(cost.forward_macs / 1e9);
+      const YAML::Node last = last_json_line(run.run_dir + "/metrics.jsonl");
+      const int64_t step = last && last["step"] ? last["step"].as<int64_t>() : 0;
+      cell["step"] = std::to_string(step);
+      if (last && last["loss"]) cell["loss"] = number(last["loss"].as<double>());
+      cell["training_flops"] = number(6.0 * static_cast<double>(cost.forward_macs) * static_cast<double>(step) *
+                                      static_cast<double>(config.train.global_batch_size));
+      cell["status"] = fs::exists(run.run_dir + "/ema.safetensors") && step == config.train.steps ? "done" : "incomplete";
+      if (fs::exists(run.run_dir + "/eval.json")) {
+        const YAML::Node eval = YAML::Load(read_file(run.run_dir + "/eval.json"));
+        for (const char* key : {"fid", "precision", "recall", "inception_score", "accuracy"}) {
+          if (eval[key] && !eval[key].IsNull()) cell[key] = number(eval[key].as<double>());
+        }
+      }
+    }
+    std::vector<std::string> row;
+    for (const auto& column : table.columns) row.push_back(cell.count(column) ? cell[column] : "");
+    table.rows.push_back(row);
+  }
+  return table;
+}
+
+void write_sweep_table(const SweepSpec& spec, const SweepTable& table) {
+  std::string csv, md;
+  for (size_t i = 0; i < table.columns.size(); ++i) {
+    csv += (i ? "," : "") + table.columns[i];
+    md += "| " + table.columns[i] + " ";
+  }
+  csv += "\n";
+  md += "|\n";
+  for (size_t i = 0; i < table.columns.size(); ++i) md += "|---";
+  md += "|\n";
+  for (const auto& row : table.rows) {
+    for (size_t i = 0; i < row.size(); ++i) {
+      csv += (i ? "," : "") + row[i];
+      md += "| " + row[i] + " ";
+    }
+    csv += "\n";
+    md += "|\n";
+  }
+  write_file_atomically(spec.dir + "/results.csv", csv);
+  write_file_atomically(spec.dir + "/results.md", md);
+}
+
+}  // namespace ditlab

@@ -1,0 +1,61 @@
+// `dit sweep`: a grid of training runs from one experiment (docs/research.md). A sweep file:
+//
+//   base: ../fashion_mnist/dit_small.yaml    # the experiment every run starts from (relative
+//                                            # to the sweep file)
+//   dir: runs/sweeps/conditioning            # each run in dir/<name>; results.{csv,md} here
+//   overrides: [train.steps=600]             # applied to every run, before the grid's values
+//   grid:                                    # the cartesian product, first key slowest
+//     model.conditioning: [adaln_zero, adaln, cross_attention, in_context]
+//   eval: [--num-samples, "2000"]            # optional: dit eval after each run, with these
+//                                            # arguments (and key=value overrides)
+//
+// A run is named by its grid values ("conditioning-adaln_zero", "name-DiT-S_patch_size-4").
+// Every combination is loaded and checked before anything runs, so a bad key or value fails at
+// once, naming the file and the run.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ditlab {
+
+struct SweepSpec {
+  std::string file;  // the sweep YAML
+  std::string base;  // the experiment YAML, as a path usable from the working directory
+  std::string dir;
+  std::vector<std::string> overrides;
+  std::vector<std::pair<std::string, std::vector<std::string>>> grid;  // in the file's order
+  bool eval = false;
+  std::vector<std::string> eval_args;
+};
+
+struct SweepRun {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> values;  // the grid's key = value
+  std::vector<std::string> overrides;  // everything after the base: the sweep's, the values, run.dir
+  std::string run_dir;
+};
+
+// Throws ConfigError naming the file and the key for an unknown key, a missing base or grid, or
+// a grid entry that is not a non-empty list.
+SweepSpec read_sweep(const std::string& path);
+
+// The runs of the grid; each one's config is loaded (and so validated) here.
+std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
+
+// The shell commands of one run: `dit train ... --resume auto` (a finished run is left as it
+// is) and, with `eval`, `dit eval --run-dir ...`. `dit` is the binary to call.
+std::string train_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit);
+std::string eval_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit);
+
+// One row per run: the grid values, the status (done, incomplete or missing), step, the mean
+// loss of the last logged window, parameters, GMACs per image, training FLOPs (6 x MACs x images
+// seen), and eval.json's metrics where present. Written to dir/results.csv and dir/results.md.
+struct SweepTable {
+  std::vector<std::string> columns;
+  std::vector<std::vector<std::string>> rows;
+};
+SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& runs);
+void write_sweep_table(const SweepSpec& spec, const SweepTable& table);
+
+}  // namespace ditlab

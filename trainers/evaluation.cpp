@@ -72,17 +72,25 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
                                const c10::Device& device) {
   const DataConfig data_config = reference_data(config.data);
   auto data = make_dataset(data_config);
+  // An even stride over the dataset: image folders are sorted by class, so the first N images
+  // would cover only the first classes.
   const int64_t count = config.eval.reference_images > 0 ? std::min(config.eval.reference_images, data->size())
                                                          : data->size();
+  auto image_index = [&](int64_t i) { return i * data->size() / count; };
   const std::string description = data_config.name + "|" + data_config.path + "|" + data_config.split + "|" +
                                   std::to_string(data_config.image_size) + "|" + std::to_string(data_config.limit) +
-                                  "|" + std::to_string(count);
+                                  "|" + std::to_string(count) + "|stride";
   char key[16];
   std::snprintf(key, sizeof(key), "%08x", crc32_of(description));
   const std::string path = config.eval.reference_dir + "/" + network.identity() + "-" + data_config.name + "-" +
                            key + ".safetensors";
-  const int64_t kept = std::min(count, config.eval.num_samples);  // real points for precision / recall
-  if (std::filesystem::exists(path)) {
+  // Real points for precision / recall: every stride-th reference image.
+  const int64_t kept = std::min(count, config.eval.num_samples), stride = count / kept;
+  // Rank 0 decides whether the cache is there, so that every rank takes the same path.
+  at::Tensor cached = at::full({1}, communicator.is_main() && std::filesystem::exists(path) ? 1.0f : 0.0f,
+                               at::TensorOptions().device(device));
+  communicator.all_reduce_sum(cached);
+  if (cached.item<float>() > 0) {
     const SafetensorsFile file = read_safetensors(path);
     for (const char* name : {"mean", "covariance", "features"}) {
       if (file.tensors.count(name) == 0) throw IoError(path + ": no tensor '" + name + "'; delete it to recompute");
@@ -90,8 +98,8 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
     Reference r;
     r.statistics = {file.tensors.at("mean"), file.tensors.at("covariance"), count};
     r.features = file.tensors.at("features");
-    if (r.features.size(0) >= kept) {
-      r.features = r.features.narrow(0, 0, kept);
+    if (r.features.size(0) >= kept) {  // an even stride over the stored subset
+      r.features = r.features.index_select(0, (at::arange(kept, at::kLong) * r.features.size(0)).div(kept, "floor"));
       spdlog::info("reference statistics of {} images from {}", count, path);
       return r;
     }
@@ -104,12 +112,13 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
   ProgressBar bar(batches, "reference", 0, communicator.is_main());
   for (int64_t b = communicator.rank(); b < batches; b += communicator.world_size()) {
     std::vector<int64_t> indices;
-    for (int64_t i = b * batch; i < std::min(count, (b + 1) * batch); ++i) indices.push_back(i);
+    for (int64_t i = b * batch; i < std::min(count, (b + 1) * batch); ++i) indices.push_back(image_index(i));
     const at::Tensor f = network.measure(data->get_batch(indices).images).features;
     moments.add(f);
     if (!features.defined()) features = at::zeros({kept, f.size(1)});
-    const int64_t first = b * batch, rows = std::min<int64_t>(f.size(0), std::max<int64_t>(0, kept - first));
-    if (rows > 0) features.narrow(0, first, rows).copy_(f.narrow(0, 0, rows));
+    for (int64_t i = b * batch; i < b * batch + f.size(0); ++i) {
+      if (i % stride == 0 && i / stride < kept) features[i / stride].copy_(f[i - b * batch]);
+    }
     bar.update(b + 1);
   }
   bar.finish();
@@ -120,12 +129,12 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
   Reference r;
   r.statistics = moments.statistics();
   r.features = gather_rows(communicator, features, device);
-  if (communicator.is_main()) {
+  run_on_main_rank(communicator, device, "writing " + path, [&] {
     std::filesystem::create_directories(config.eval.reference_dir);
     write_safetensors(path, {{"mean", r.statistics.mean}, {"covariance", r.statistics.covariance},
                              {"features", r.features}},
                       {{"images", std::to_string(count)}, {"data", description}, {"network", network.identity()}});
-  }
+  });
   return r;
 }
 
@@ -156,6 +165,10 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
                             std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
   if (!communicator.is_main()) spdlog::set_level(spdlog::level::warn);
   check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
+  if (ec.num_samples <= ec.nearest_k) {
+    throw ConfigError("eval.num_samples " + std::to_string(ec.num_samples) + " must exceed eval.nearest_k " +
+                      std::to_string(ec.nearest_k) + " (precision and recall need k neighbours)");
+  }
 
   auto network = make_feature_network(ec, device);
   auto model = build_backbone(config.model);
@@ -166,7 +179,11 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   EvalResult result;
   result.num_samples = ec.num_samples;
   auto step = metadata.find("step");
-  result.step = step == metadata.end() ? 0 : std::stoll(step->second);
+  try {
+    result.step = step == metadata.end() ? 0 : std::stoll(step->second);
+  } catch (const std::exception&) {
+    throw IoError(weights + ": the metadata's step '" + step->second + "' is not a number");
+  }
   result.gmacs_per_image = static_cast<double>(model->forward_macs()) / 1e9;
   result.training_flops = 6.0 * static_cast<double>(model->forward_macs()) * static_cast<double>(result.step) *
                           static_cast<double>(config.train.global_batch_size);
@@ -209,9 +226,11 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   features = gather_rows(communicator, features, device);
   if (probabilities.defined()) probabilities = gather_rows(communicator, probabilities, device);
 
-  if (communicator.is_main()) {
+  // Every rank computes the metrics from the same gathered features (on the device), so no rank
+  // waits on another while the distances are computed; rank 0 writes them.
+  {
     result.fid = frechet_distance(feature_statistics(features), reference.statistics);
-    const PrecisionRecall pr = precision_recall(reference.features, features, ec.nearest_k);
+    const PrecisionRecall pr = precision_recall(reference.features.to(device), features.to(device), ec.nearest_k);
     result.precision = pr.precision;
     result.recall = pr.recall;
     if (probabilities.defined()) {
@@ -235,14 +254,15 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
                   ", \"gmacs_per_image\": " + json_value(result.gmacs_per_image) + ", \"training_flops\": " +
                   json_value(result.training_flops) + ", \"seconds\": " + json_value(result.seconds) +
                   ", \"command\": " + json_quoted(options.command_line) + "}";
+  }
+  run_on_main_rank(communicator, device, "writing " + options.run_dir + "/eval.json", [&] {
     write_file_atomically(options.run_dir + "/eval.json", result.json + "\n");
     std::ofstream history(options.run_dir + "/evals.jsonl", std::ios::app);
     history << result.json << "\n";
     spdlog::info("FID {:.3f}  precision {:.3f}  recall {:.3f}  IS {}  accuracy {}  ({} samples, {:.0f} s) -> {}/eval.json",
                  result.fid, result.precision, result.recall, json_value(result.inception_score),
                  json_value(result.accuracy), n, result.seconds, options.run_dir);
-  }
-  communicator.barrier();
+  });
   return result;
 }
 

@@ -113,24 +113,6 @@ bool shard_is_done(const std::string& dir, const LatentCacheManifest& m, int64_t
   return false;
 }
 
-// Runs `section` on rank 0 only, then tells every rank whether it failed, so that the others
-// stop with a message instead of waiting at the next collective. Rank 0 rethrows its error.
-void on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
-                  const std::function<void()>& section) {
-  std::exception_ptr error;
-  if (communicator.is_main()) {
-    try {
-      section();
-    } catch (...) {
-      error = std::current_exception();
-    }
-  }
-  at::Tensor failed = at::full({1}, error ? 1.0f : 0.0f, at::TensorOptions().device(device));
-  communicator.all_reduce_sum(failed);
-  if (error) std::rethrow_exception(error);
-  if (failed.item<float>() > 0) throw Error("rank 0 failed while " + what + "; its log says why");
-}
-
 // The entries of images [first, first + n): [n, orientations, parts, C, h, w] in the stored dtype.
 void encode_shard(const Dataset& data, const AutoencoderStage& stage, const LatentCacheManifest& m,
                   const EncodeOptions& o, const std::string& dir, int64_t shard,
@@ -195,7 +177,7 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
   const LatentCacheManifest manifest = planned_manifest(config, *data, *stage, o);
   const std::string& dir = o.out_dir;
 
-  on_main_rank(communicator, device, "preparing " + dir, [&] {
+  run_on_main_rank(communicator, device, "preparing " + dir, [&] {
     if (std::filesystem::exists(manifest_path(dir))) {
       require_same_settings(dir, read_latent_manifest(dir), manifest);
       spdlog::info("{} exists with the same settings: resuming", dir);
@@ -249,7 +231,7 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
   }
   bar.finish();
 
-  on_main_rank(communicator, device, "checking the shards of " + dir, [&] {
+  run_on_main_rank(communicator, device, "checking the shards of " + dir, [&] {
     // Every shard, its data included, is checked before the cache says complete.
     for (int64_t s = 0; s < shards; ++s) open_latent_shard(dir, manifest, s, /*verify_data=*/true);
     LatentCacheManifest finished = manifest;

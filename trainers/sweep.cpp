@@ -10,6 +10,7 @@
 
 #include "models/registry.h"
 #include "src/common/error.h"
+#include "src/common/text.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
 
@@ -34,16 +35,18 @@ std::string name_part(const std::string& key, const std::string& value) {
   return key.substr(key.rfind('.') + 1) + "-" + clean;
 }
 
-std::string shell_quoted(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
-
 std::string number(double v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.6g", v);
   return buf;
+}
+
+YAML::Node parse_json(const std::string& text, const std::string& path) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    throw IoError(path + ": not valid JSON: " + e.what());
+  }
 }
 
 // The last line of a JSON-lines file, parsed; a null node when there is none.
@@ -53,7 +56,24 @@ YAML::Node last_json_line(const std::string& path) {
   while (std::getline(in, line)) {
     if (!line.empty()) last = line;
   }
-  return last.empty() ? YAML::Node() : YAML::Load(last);
+  return last.empty() ? YAML::Node() : parse_json(last, path);
+}
+
+template <typename T>
+T json_field(const YAML::Node& node, const char* key, const std::string& path) {
+  try {
+    return node[key].as<T>();
+  } catch (const YAML::Exception&) {
+    throw IoError(path + ": '" + key + "' is not a number");
+  }
+}
+
+// CSV cells with commas or quotes are quoted (RFC 4180).
+std::string csv_cell(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
 }
 
 }  // namespace
@@ -141,6 +161,24 @@ std::string eval_command(const SweepSpec& spec, const SweepRun& run, const std::
   return command;
 }
 
+int64_t evaluated_step(const std::string& run_dir) {
+  const std::string path = run_dir + "/eval.json";
+  if (!fs::exists(path)) return -1;
+  const YAML::Node eval = parse_json(read_file(path), path);
+  return eval["step"] ? json_field<int64_t>(eval, "step", path) : -1;
+}
+
+int64_t finished_step(const std::string& run_dir) {
+  const std::string config_path = run_dir + "/config.yaml";
+  if (!fs::exists(config_path) || !fs::exists(run_dir + "/ema.safetensors")) return -1;
+  ExperimentConfig config;
+  apply_yaml_text(config, read_file(config_path), config_path);
+  const std::string metrics_path = run_dir + "/metrics.jsonl";
+  const YAML::Node last = last_json_line(metrics_path);
+  const int64_t step = last && last["step"] ? json_field<int64_t>(last, "step", metrics_path) : -1;
+  return step == config.train.steps ? step : -1;
+}
+
 SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& runs) {
   SweepTable table;
   table.columns = {"run"};
@@ -161,17 +199,21 @@ SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& run
       const ModelCost cost = model_cost(config.model);
       cell["params_m"] = number(cost.parameters / 1e6);
       cell["gmacs"] = number(cost.forward_macs / 1e9);
-      const YAML::Node last = last_json_line(run.run_dir + "/metrics.jsonl");
-      const int64_t step = last && last["step"] ? last["step"].as<int64_t>() : 0;
+      const std::string metrics_path = run.run_dir + "/metrics.jsonl";
+      const YAML::Node last = last_json_line(metrics_path);
+      const int64_t step = last && last["step"] ? json_field<int64_t>(last, "step", metrics_path) : 0;
       cell["step"] = std::to_string(step);
-      if (last && last["loss"]) cell["loss"] = number(last["loss"].as<double>());
+      if (last && last["loss"]) cell["loss"] = number(json_field<double>(last, "loss", metrics_path));
       cell["training_flops"] = number(6.0 * static_cast<double>(cost.forward_macs) * static_cast<double>(step) *
                                       static_cast<double>(config.train.global_batch_size));
       cell["status"] = fs::exists(run.run_dir + "/ema.safetensors") && step == config.train.steps ? "done" : "incomplete";
-      if (fs::exists(run.run_dir + "/eval.json")) {
-        const YAML::Node eval = YAML::Load(read_file(run.run_dir + "/eval.json"));
+      // An evaluation of other weights (the run was extended since) is not this row's.
+      const int64_t eval_step = evaluated_step(run.run_dir);
+      if (eval_step >= 0 && eval_step == step) {
+        const std::string eval_path = run.run_dir + "/eval.json";
+        const YAML::Node eval = parse_json(read_file(eval_path), eval_path);
         for (const char* key : {"fid", "precision", "recall", "inception_score", "accuracy"}) {
-          if (eval[key] && !eval[key].IsNull()) cell[key] = number(eval[key].as<double>());
+          if (eval[key] && !eval[key].IsNull()) cell[key] = number(json_field<double>(eval, key, eval_path));
         }
       }
     }
@@ -185,7 +227,7 @@ SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& run
 void write_sweep_table(const SweepSpec& spec, const SweepTable& table) {
   std::string csv, md;
   for (size_t i = 0; i < table.columns.size(); ++i) {
-    csv += (i ? "," : "") + table.columns[i];
+    csv += (i ? "," : "") + csv_cell(table.columns[i]);
     md += "| " + table.columns[i] + " ";
   }
   csv += "\n";
@@ -194,7 +236,7 @@ void write_sweep_table(const SweepSpec& spec, const SweepTable& table) {
   md += "|\n";
   for (const auto& row : table.rows) {
     for (size_t i = 0; i < row.size(); ++i) {
-      csv += (i ? "," : "") + row[i];
+      csv += (i ? "," : "") + csv_cell(row[i]);
       md += "| " + row[i] + " ";
     }
     csv += "\n";

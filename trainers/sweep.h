@@ -13,6 +13,7 @@
 // Every combination is loaded and checked before anything runs, so a bad key or value fails at
 // once, naming the file and the run.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,11 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec);
 // is) and, with `eval`, `dit eval --run-dir ...`. `dit` is the binary to call.
 std::string train_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit);
 std::string eval_command(const SweepSpec& spec, const SweepRun& run, const std::string& dit);
+
+// The step of a finished run (its last logged step equals train.steps and its weights exist), or
+// -1; and the step of the weights its eval.json measured, or -1 without one.
+int64_t finished_step(const std::string& run_dir);
+int64_t evaluated_step(const std::string& run_dir);
 
 // One row per run: the grid values, the status (done, incomplete or missing), step, the mean
 // loss of the last logged window, parameters, GMACs per image, training FLOPs (6 x MACs x images

@@ -58,8 +58,13 @@ class TorchScriptInception : public FeatureNetwork {
       throw IoError("cannot load the TorchScript network " + path + ": " + e.what_without_backtrace());
     }
     module_.eval();
-    for (const auto& argument : module_.get_method("forward").function().getSchema().arguments()) {
-      if (argument.name() == "return_features") takes_return_features_ = true;
+    try {
+      for (const auto& argument : module_.get_method("forward").function().getSchema().arguments()) {
+        if (argument.name() == "return_features") takes_return_features_ = true;
+        if (argument.name() == "no_output_bias") takes_no_output_bias_ = true;
+      }
+    } catch (const c10::Error& e) {
+      throw IoError("the TorchScript network " + path + " has no usable forward method: " + e.what_without_backtrace());
     }
   }
 
@@ -73,7 +78,11 @@ class TorchScriptInception : public FeatureNetwork {
     try {
       if (takes_return_features_) {
         out.features = module_.forward({x}, {{"return_features", true}}).toTensor().to(at::kFloat).cpu();
-        out.probabilities = module_.forward({x}, {{"return_features", false}}).toTensor().to(at::kFloat).cpu();
+        // The Inception Score leaves out the logits' bias, as the TensorFlow original and
+        // StyleGAN2-ADA / EDM do (no_output_bias=True), where the network offers it.
+        torch::jit::Kwargs kwargs = {{"return_features", false}};
+        if (takes_no_output_bias_) kwargs["no_output_bias"] = true;
+        out.probabilities = module_.forward({x}, kwargs).toTensor().to(at::kFloat).cpu();
       } else {
         out.features = module_.forward({x}).toTensor().to(at::kFloat).cpu();
       }
@@ -91,6 +100,7 @@ class TorchScriptInception : public FeatureNetwork {
   c10::Device device_;
   std::string identity_;
   bool takes_return_features_ = false;
+  bool takes_no_output_bias_ = false;
 };
 
 }  // namespace

@@ -5,8 +5,9 @@
 //   inception   a TorchScript Inception network from a file the user provides, called as
 //               NVIDIA's inception-2015-12-05.pt (StyleGAN2-ADA, EDM) is: forward(images uint8
 //               [N, 3, H, W] in 0..255, return_features=True) -> pool3 features [N, 2048], and
-//               with return_features=False -> class probabilities. A network whose forward takes
-//               only the images gives features alone.
+//               with return_features=False (and no_output_bias=True, as the Inception Score
+//               there is computed) -> class probabilities. A network whose forward takes only
+//               the images gives features alone.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>

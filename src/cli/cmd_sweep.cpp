@@ -1,5 +1,6 @@
 // `dit sweep`: runs (or prints) a grid of training runs and collects their results
 // (trainers/sweep.h).
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <climits>
@@ -11,6 +12,7 @@
 #include "src/cli/commands.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
+#include "src/common/text.h"
 #include "trainers/sweep.h"
 
 namespace ditlab::cli {
@@ -21,6 +23,22 @@ std::string self_path(const char* argv0) {
   const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string(argv0);
 }
+// Runs one command with its output appended to `log`; false (and a failure counted) unless it
+// exits 0. A command killed by a signal (Ctrl-C reaches the child) stops the whole sweep.
+bool run_step(const std::string& command, const std::string& log, const std::string& name, const char* what,
+              int& failures) {
+  const int status = std::system((command + " >> " + shell_quoted(log) + " 2>&1").c_str());
+  if (status != -1 && WIFSIGNALED(status)) {
+    throw Error("the " + std::string(what) + " of run " + name + " was killed by signal " +
+                std::to_string(WTERMSIG(status)) + "; stopping the sweep");
+  }
+  const int code = status == -1 ? -1 : WEXITSTATUS(status);
+  if (code == 0) return true;
+  ++failures;
+  spdlog::error("the {} of run {} failed (exit status {}); see {}", what, name, code, log);
+  return false;
+}
+
 }  // namespace
 
 int run_sweep(int argc, char** argv) {
@@ -49,11 +67,16 @@ int run_sweep(int argc, char** argv) {
       const std::string log = spec.dir + "/logs/" + run.name + ".log";
       spdlog::info("run {}/{}: {} (log: {})", i + 1, runs.size(), run.name, log);
       // Each run is its own process: its own log files, its own failure.
-      int status = std::system((train_command(spec, run, dit) + " >> '" + log + "' 2>&1").c_str());
-      if (status == 0 && spec.eval) status = std::system((eval_command(spec, run, dit) + " >> '" + log + "' 2>&1").c_str());
-      if (status != 0) {
-        ++failures;
-        spdlog::error("run {} failed (exit status {}); see {}", run.name, status, log);
+      if (!run_step(train_command(spec, run, shell_quoted(dit)), log, run.name, "training", failures)) continue;
+      // dit train exits 0 after a signal too (it checkpointed): an unfinished run means the
+      // sweep was interrupted, so it stops here and a second call resumes.
+      const int64_t step = finished_step(run.run_dir);
+      if (step < 0) {
+        spdlog::error("run {} stopped before its last step; stopping the sweep (run it again to resume)", run.name);
+        return 1;
+      }
+      if (spec.eval && evaluated_step(run.run_dir) != step) {
+        run_step(eval_command(spec, run, shell_quoted(dit)), log, run.name, "evaluation", failures);
       }
     }
   }

@@ -32,4 +32,11 @@ inline std::string json_quoted(const std::string& s) {
   return out + "\"";
 }
 
+// `s` as one POSIX shell word: single-quoted, with embedded quotes escaped.
+inline std::string shell_quoted(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 }  // namespace ditlab

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <atomic>
+#include <exception>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -284,6 +285,22 @@ void Communicator::barrier() {
                 std::to_string(env_.world_size));
   }
 #endif
+}
+
+void run_on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                      const std::function<void()>& section) {
+  std::exception_ptr error;
+  if (communicator.is_main()) {
+    try {
+      section();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  at::Tensor failed = at::full({1}, error ? 1.0f : 0.0f, at::TensorOptions().device(device));
+  communicator.all_reduce_sum(failed);
+  if (error) std::rethrow_exception(error);
+  if (failed.item<float>() > 0) throw Error("rank 0 failed while " + what + "; its log says why");
 }
 
 }  // namespace ditlab

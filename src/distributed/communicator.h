@@ -3,6 +3,7 @@
 // LibTorch in use provides it). A single process has no process group and every call is a no-op.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
 #include <chrono>
@@ -81,5 +82,11 @@ class Communicator {
   std::chrono::milliseconds wait_timeout() const;
   std::unique_ptr<Impl> impl_;
 };
+
+// Runs `section` on rank 0 only, then tells every rank whether it failed, so that the others stop
+// with a message ("rank 0 failed while <what>") instead of waiting at the next collective. Rank 0
+// rethrows its own error. `device` holds the flag (CUDA for NCCL).
+void run_on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                      const std::function<void()>& section);
 
 }  // namespace ditlab

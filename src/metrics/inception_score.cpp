@@ -15,10 +15,11 @@ InceptionScore inception_score(const at::Tensor& probabilities, int64_t splits) 
     throw ShapeError("the Inception Score needs probabilities [N, K] with N >= splits (" +
                      std::to_string(splits) + ")");
   }
-  const int64_t per_split = p.size(0) / splits;
+  const int64_t n = p.size(0);
   std::vector<double> scores;
-  for (int64_t s = 0; s < splits; ++s) {
-    const at::Tensor part = p.narrow(0, s * per_split, per_split);
+  for (int64_t s = 0; s < splits; ++s) {  // split s: rows [s N / splits, (s + 1) N / splits)
+    const int64_t first = s * n / splits, last = (s + 1) * n / splits;
+    const at::Tensor part = p.narrow(0, first, last - first);
     const at::Tensor marginal = part.mean(0, /*keepdim=*/true);
     // 0 log 0 = 0: classes a prediction gives no mass contribute nothing.
     const at::Tensor kl = at::where(part > 0, part * (part.clamp_min(1e-300).log() - marginal.clamp_min(1e-300).log()),

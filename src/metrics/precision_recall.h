@@ -19,7 +19,8 @@ struct PrecisionRecall {
 PrecisionRecall precision_recall(const at::Tensor& real, const at::Tensor& generated, int64_t k = 3);
 
 // The distance from every point of `points` [N, D] to its k-th nearest neighbour among the
-// others, in double; computed in blocks so that N x N distances are never held at once.
+// others, on the points' device (double on CPUs, float32 on GPUs); computed in blocks so that
+// N x N distances are never held at once.
 at::Tensor kth_neighbour_radii(const at::Tensor& points, int64_t k);
 
 // The fraction of `queries` [M, D] that lie within radius[i] of some `centres`[i] [N, D].

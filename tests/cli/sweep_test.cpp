@@ -42,7 +42,13 @@ TEST_CASE("dit sweep trains and evaluates a grid and tabulates it", "[sweep][eva
   CHECK(std::filesystem::exists(dir / "runs/conditioning-in_context/eval.json"));
   CHECK(std::filesystem::exists(dir / "runs/results.md"));
   CHECK(std::filesystem::exists(dir / "runs/logs/conditioning-adaln_zero.log"));
-  // A second pass finds both runs finished and leaves them as they are.
+  // A second pass finds both runs finished and evaluated, and leaves them as they are.
+  const std::string weights = read_file(dir / "runs/conditioning-in_context/ema.safetensors");
+  REQUIRE(run_command(dit_binary() + " sweep --config " + (dir / "sweep.yaml"), dir / "again.log") == 0);
+  CHECK(read_file(dir / "runs/conditioning-in_context/ema.safetensors") == weights);
+  const std::string history = read_file(dir / "runs/conditioning-in_context/evals.jsonl");
+  CHECK(std::count(history.begin(), history.end(), '\n') == 1);
+  CHECK(read_file(dir / "runs/results.csv") == csv);
   REQUIRE(run_command(dit_binary() + " sweep --config " + (dir / "sweep.yaml") + " --collect", dir / "collect.log") == 0);
   CHECK(read_file(dir / "runs/results.csv") == csv);
 }

@@ -7,6 +7,7 @@
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
+#include "src/io/safetensors.h"
 #include "tests/test_support.h"
 #include "trainers/classifier_trainer.h"
 #include "trainers/evaluation.h"
@@ -52,6 +53,13 @@ TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a r
   CHECK(second.precision == first.precision);
   std::ifstream history(dir / "run/evals.jsonl");
   CHECK(std::count(std::istreambuf_iterator<char>(history), {}, '\n') == 2);
+  // It is the cached file that is read: shifting its mean raises the FID by |shift|^2.
+  const std::string cached = std::filesystem::directory_iterator(dir / "reference")->path().string();
+  auto file = read_safetensors(cached);
+  file.tensors["mean"] = file.tensors["mean"] + 10.0;
+  write_safetensors(cached, file.tensors, file.metadata);
+  const double shifted = evaluate_run(config, options).fid;
+  CHECK(shifted > first.fid + 10.0 * 10.0 * file.tensors["mean"].size(0) * 0.5);
   // Guidance changes the samples, hence the FID.
   apply_overrides(config, {"sample.cfg_scale=1.0"});
   CHECK(evaluate_run(config, options).fid != first.fid);

@@ -72,7 +72,7 @@ TEST_CASE("the results table reads each run's config, metrics and eval.json", "[
          "  input_size: 32\n  in_channels: 1\n  num_classes: 10\ntrain:\n  steps: 4\n  global_batch_size: 8\n";
   std::ofstream(runs[0].run_dir + "/metrics.jsonl") << "{\"step\": 2, \"loss\": 0.9}\n{\"step\": 4, \"loss\": 0.5}\n";
   std::ofstream(runs[0].run_dir + "/ema.safetensors") << "x";
-  std::ofstream(runs[0].run_dir + "/eval.json") << "{\"fid\": 12.5, \"precision\": 0.7, \"recall\": 0.4, "
+  std::ofstream(runs[0].run_dir + "/eval.json") << "{\"step\": 4, \"fid\": 12.5, \"precision\": 0.7, \"recall\": 0.4, "
                                                    "\"inception_score\": 8.1, \"accuracy\": null}\n";
   const SweepTable table = collect_sweep(spec, runs);
   auto column = [&](const std::string& name) {
@@ -90,6 +90,12 @@ TEST_CASE("the results table reads each run's config, metrics and eval.json", "[
   const double gmacs = std::stod(done[column("gmacs")]);
   CHECK(std::stod(done[column("training_flops")]) == Approx(6 * gmacs * 1e9 * 4 * 8).epsilon(1e-5));
   CHECK(table.rows[1][column("status")] == "missing");
+  CHECK(finished_step(runs[0].run_dir) == 4);
+  CHECK(evaluated_step(runs[0].run_dir) == 4);
+  // An evaluation of earlier weights (the run was extended since) is left out of the row.
+  std::ofstream(runs[0].run_dir + "/eval.json") << "{\"step\": 2, \"fid\": 30.0}\n";
+  CHECK(collect_sweep(spec, runs).rows[0][column("fid")] == "");
+  std::ofstream(runs[0].run_dir + "/eval.json") << "{\"step\": 4, \"fid\": 12.5}\n";
   write_sweep_table(spec, table);
   const std::string md = read_file(dir / "runs/results.md");
   CHECK_THAT(md, Catch::StartsWith("| run | model.patch_size | status"));

@@ -18,10 +18,12 @@ using namespace ditlab;
 using ditlab::testing::TempDir;
 
 namespace {
-// features = mean over pixels of (img / 255) times w; probabilities = softmax(features).
+// features = mean over pixels of (img / 255) times w; probabilities = softmax(features), plus a
+// bias b unless no_output_bias (as inception-2015-12-05.pt).
 void write_detector(const std::string& path, const at::Tensor& w, bool with_return_features) {
   torch::jit::Module m("Detector");
   m.register_parameter("w", w, false);
+  m.register_parameter("b", 5 * at::randn({w.size(1)}), false);  // the output bias IS leaves out
   if (with_return_features) {
     m.define(R"(
       def forward(self, img: Tensor, return_features: bool = False, no_output_bias: bool = False) -> Tensor:
@@ -29,7 +31,9 @@ void write_detector(const std::string& path, const at::Tensor& w, bool with_retu
           f = torch.matmul(x, self.w)
           if return_features:
               return f
-          return torch.softmax(f, dim=1)
+          if no_output_bias:
+              return torch.softmax(f, dim=1)
+          return torch.softmax(f + self.b, dim=1)
     )");
   } else {
     m.define(R"(
@@ -57,7 +61,7 @@ TEST_CASE("a TorchScript detector gives features and probabilities of uint8 imag
   const at::Tensor expected = (pixels.mean({2, 3}) / 255.0).mm(w);
   CHECK(at::allclose(out.features, expected, 1e-5, 1e-6));
   REQUIRE(out.probabilities.defined());
-  CHECK(at::allclose(out.probabilities, at::softmax(expected, 1), 1e-5, 1e-6));
+  CHECK(at::allclose(out.probabilities, at::softmax(expected, 1), 1e-5, 1e-6));  // without the bias
   // Grey images are given as three equal channels.
   const at::Tensor grey = images.narrow(1, 0, 1);
   CHECK(at::allclose(network->measure(grey).features, network->measure(grey.repeat({1, 3, 1, 1})).features));

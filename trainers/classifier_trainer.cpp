@@ -32,6 +32,14 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
                       std::to_string(trainable) + " of the dataset's " + std::to_string(data->size()) +
                       " images for training, fewer than classifier.batch_size " + std::to_string(cc.batch_size));
   }
+  // Held out: an even stride over the dataset (image folders are sorted by class, so the last
+  // images would all be of the last class); the rest trains.
+  std::vector<int64_t> held_out_indices, training_indices;
+  for (int64_t i = 0, next = 0; i < data->size(); ++i) {
+    const bool held = static_cast<int64_t>(held_out_indices.size()) < held_out && i == next;
+    (held ? held_out_indices : training_indices).push_back(i);
+    if (held) next = (static_cast<int64_t>(held_out_indices.size()) * data->size()) / held_out;
+  }
   ImageClassifierOptions options;
   options.in_channels = data->channels();
   options.num_classes = data->num_classes();
@@ -68,8 +76,9 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
     // Cosine decay from lr to 0 over the run.
     const double lr = 0.5 * cc.lr * (1.0 + std::cos(M_PI * static_cast<double>(step) / static_cast<double>(cc.steps)));
     for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    const at::Tensor indices = at::randint(trainable, {cc.batch_size}, generator, at::kLong);
-    const std::vector<int64_t> picked(indices.data_ptr<int64_t>(), indices.data_ptr<int64_t>() + cc.batch_size);
+    const at::Tensor drawn = at::randint(trainable, {cc.batch_size}, generator, at::kLong);
+    std::vector<int64_t> picked;
+    for (int64_t i = 0; i < cc.batch_size; ++i) picked.push_back(training_indices[drawn[i].item<int64_t>()]);
     const Batch batch = data->get_batch(picked);
     at::Tensor x = batch.images;
     if (config.data.random_flip) {
@@ -101,9 +110,9 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
   model->eval();
   torch::NoGradGuard no_grad;
   int64_t correct = 0;
-  for (int64_t first = trainable; first < data->size(); first += cc.batch_size) {
-    std::vector<int64_t> indices;
-    for (int64_t i = first; i < std::min(first + cc.batch_size, data->size()); ++i) indices.push_back(i);
+  for (int64_t first = 0; first < held_out; first += cc.batch_size) {
+    const std::vector<int64_t> indices(held_out_indices.begin() + first,
+                                       held_out_indices.begin() + std::min(first + cc.batch_size, held_out));
     const Batch batch = data->get_batch(indices);
     correct += (model->forward(batch.images.to(device)).argmax(1).cpu() == batch.labels).sum().item<int64_t>();
   }

@@ -1,6 +1,6 @@
 // `dit train-classifier`: trains the small image classifier (models/classifier/, classifier.*)
 // on the configured images (cross-entropy, AdamW with a cosine decay, data.random_flip), holds out
-// the dataset's last classifier.eval_images images, and writes into run.dir:
+// classifier.eval_images images spread evenly over the dataset, and writes into run.dir:
 //   classifier.safetensors  the weights, the architecture and the held-out accuracy in the metadata
 //   config.yaml, run_info.yaml, train.log
 // `dit eval` then uses its penultimate features (eval.features: classifier).

@@ -145,7 +145,7 @@ struct ClassifierConfig {
   int64_t steps = 3000;
   int64_t batch_size = 128;
   double lr = 2e-3;
-  int64_t eval_images = 2000;  // the dataset's last N images, held out for the accuracy
+  int64_t eval_images = 2000;  // held out (spread evenly over the dataset) for the accuracy
 };
 
 // `dit eval` (eval.*): sample quality of a run's EMA weights against the real data.

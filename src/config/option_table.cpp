@@ -318,7 +318,7 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(classifier.batch_size), 1, kNoMax, "train-classifier: images per step"),
       float_option(FIELD(classifier.lr), 0, kInf, true, "train-classifier: AdamW learning rate (cosine decay)"),
       int_option(FIELD(classifier.eval_images), 1, kNoMax,
-                 "train-classifier: the dataset's last N images, held out for the reported accuracy"),
+                 "train-classifier: N images spread evenly over the dataset, held out for the reported accuracy"),
 
       string_option(FIELD(eval.features), {"classifier", "inception"},
                     "eval: feature network (classifier: dit train-classifier; inception: TorchScript)"),

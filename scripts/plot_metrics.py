@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Plots a run's training curves from <run_dir>/metrics.jsonl into a PNG.
+"""Plots a run's training curves from <run_dir>/metrics.jsonl into a PNG; given several runs (an
+ablation, a sweep), one curve per run of each key.
 
-usage: scripts/plot_metrics.py RUN_DIR [--out FILE.png] [--keys loss,mse,vb]
+usage: scripts/plot_metrics.py RUN_DIR [RUN_DIR ...] [--out FILE.png] [--keys loss,mse,vb]
 Runs with Debian's python3-matplotlib (/usr/bin/python3).
 """
 import argparse
@@ -33,29 +34,34 @@ def read_metrics(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
-    parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
-    parser.add_argument("--keys", default="loss,mse,vb", help="comma-separated metrics to plot")
+    parser.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    parser.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png, of the first run)")
+    parser.add_argument("--keys", default=None, help="comma-separated metrics (default loss,mse,vb; several runs: loss)")
     args = parser.parse_args()
-    path = os.path.join(args.run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        sys.exit(f"{path}: not found (is {args.run_dir} a ditlab run directory?)")
-    records = read_metrics(path)
-    keys = [k for k in args.keys.split(",") if k]
+    several = len(args.run_dirs) > 1
+    keys = [k for k in (args.keys or ("loss" if several else "loss,mse,vb")).split(",") if k]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for key in keys:
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        if not points:
-            sys.exit(f"{path}: no values for '{key}' (available: {', '.join(records[0])})")
-        ax.plot(*zip(*points), label=key)
+    for run_dir in args.run_dirs:
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            sys.exit(f"{path}: not found (is {run_dir} a ditlab run directory?)")
+        records = read_metrics(path)
+        name = os.path.basename(os.path.normpath(run_dir))
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if not points:
+                sys.exit(f"{path}: no values for '{key}' (available: {', '.join(records[0])})")
+            label = (f"{name} {key}" if len(keys) > 1 else name) if several else key
+            ax.plot(*zip(*points), label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("per-sample loss (window mean)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    ax.set_title(os.path.basename(os.path.normpath(args.run_dir)))
+    if not several:
+        ax.set_title(os.path.basename(os.path.normpath(args.run_dirs[0])))
     fig.tight_layout()
-    out = args.out or os.path.join(args.run_dir, "loss.png")
+    out = args.out or os.path.join(args.run_dirs[0], "loss.png")
     fig.savefig(out)
     print(f"wrote {out}")
 

@@ -81,10 +81,7 @@ ModelConfig model_config_for_data(const ExperimentConfig& config, const Dataset&
   } else {
     latent = latent_shape(config.autoencoder, data.channels());
   }
-  if (data.image_size() % latent.downsampling != 0) {
-    throw ConfigError("data.image_size " + std::to_string(data.image_size()) + " is not a multiple of "
-                      "the autoencoder's downsampling " + std::to_string(latent.downsampling));
-  }
+  const int64_t side = latent_side(data.image_size(), latent);
   ModelConfig c = config.model;
   auto fill = [&source](const char* key, int64_t& value, int64_t from_data) {
     if (value == 0) {
@@ -95,7 +92,7 @@ ModelConfig model_config_for_data(const ExperimentConfig& config, const Dataset&
                         "; set it to 0 (from the data) or to " + std::to_string(from_data));
     }
   };
-  fill("input_size", c.input_size, data.image_size() / latent.downsampling);
+  fill("input_size", c.input_size, side);
   fill("in_channels", c.in_channels, latent.channels);
   fill("num_classes", c.num_classes, data.num_classes());
   return c;

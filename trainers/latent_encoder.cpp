@@ -67,11 +67,7 @@ at::ScalarType storage_type(const std::string& dtype) {
 LatentCacheManifest planned_manifest(const ExperimentConfig& config, const Dataset& data,
                                      const AutoencoderStage& stage, const EncodeOptions& o) {
   const LatentShape latent = latent_shape(config.autoencoder, data.channels());
-  if (data.image_size() % latent.downsampling != 0) {
-    throw ConfigError("data.image_size " + std::to_string(data.image_size()) + " is not a multiple of "
-                      "the autoencoder's downsampling " + std::to_string(latent.downsampling));
-  }
-  const int64_t side = data.image_size() / latent.downsampling;
+  const int64_t side = latent_side(data.image_size(), latent);
   LatentCacheManifest m;
   m.count = data.size();
   m.shard_size = o.shard_size;

@@ -28,6 +28,14 @@ LatentShape latent_shape(const AutoencoderConfig& config, int64_t image_channels
   return {spec.options.latent_channels, spec.options.downsampling()};
 }
 
+int64_t latent_side(int64_t image_size, const LatentShape& latent) {
+  if (image_size % latent.downsampling != 0) {
+    throw ConfigError("data.image_size " + std::to_string(image_size) + " is not a multiple of "
+                      "the autoencoder's downsampling " + std::to_string(latent.downsampling));
+  }
+  return image_size / latent.downsampling;
+}
+
 std::unique_ptr<AutoencoderStage> AutoencoderStage::create(const AutoencoderConfig& config,
                                                            const c10::Device& device) {
   if (config.type == "identity") return nullptr;

@@ -22,6 +22,9 @@ struct LatentShape {
 // Reads only the architecture for kl (no module is built). Throws ConfigError when the
 // autoencoder's input channels differ from the images'.
 LatentShape latent_shape(const AutoencoderConfig& config, int64_t image_channels);
+// The latents' side for images of side `image_size`; ConfigError naming data.image_size when the
+// downsampling does not divide it.
+int64_t latent_side(int64_t image_size, const LatentShape& latent);
 
 class AutoencoderStage {
  public:

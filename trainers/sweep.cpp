@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -76,6 +77,42 @@ std::string csv_cell(const std::string& s) {
   return out + "\"";
 }
 
+// The exclude list: each entry a map from grid keys to one of their values.
+std::vector<std::vector<std::pair<std::string, std::string>>> exclusions(
+    const YAML::Node& node, const std::vector<std::pair<std::string, std::vector<std::string>>>& grid,
+    const std::string& file) {
+  if (!node.IsSequence()) throw ConfigError(file + ": 'exclude' must be a list of {grid key: value} maps");
+  std::vector<std::vector<std::pair<std::string, std::string>>> out;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const std::string where = file + ": exclude[" + std::to_string(i) + "]";
+    if (!node[i].IsMap() || node[i].size() == 0) throw ConfigError(where + " must map grid keys to values");
+    std::vector<std::pair<std::string, std::string>> entry;
+    for (const auto& item : node[i]) {
+      const std::string key = item.first.as<std::string>();
+      if (!item.second.IsScalar()) throw ConfigError(where + ": '" + key + "' must be one plain value");
+      const std::string value = item.second.as<std::string>();
+      const auto axis = std::find_if(grid.begin(), grid.end(), [&](const auto& g) { return g.first == key; });
+      if (axis == grid.end()) throw ConfigError(where + ": '" + key + "' is not a key of the grid");
+      if (std::find(axis->second.begin(), axis->second.end(), value) == axis->second.end()) {
+        throw ConfigError(where + ": '" + value + "' is not one of grid." + key + "'s values");
+      }
+      entry.emplace_back(key, value);
+    }
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+bool excluded(const SweepSpec& spec, const SweepRun& run) {
+  for (const auto& entry : spec.exclude) {
+    const bool all = std::all_of(entry.begin(), entry.end(), [&](const auto& kv) {
+      return std::find(run.values.begin(), run.values.end(), kv) != run.values.end();
+    });
+    if (all) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 SweepSpec read_sweep(const std::string& path) {
@@ -87,11 +124,11 @@ SweepSpec read_sweep(const std::string& path) {
     throw ConfigError(path + ": not valid YAML: " + e.what());
   }
   if (!root.IsMap()) throw ConfigError(path + ": a sweep file is a mapping (base, dir, overrides, grid, eval)");
-  const std::set<std::string> known = {"base", "dir", "overrides", "grid", "eval"};
+  const std::set<std::string> known = {"base", "dir", "overrides", "grid", "exclude", "eval"};
   for (const auto& item : root) {
     const std::string key = item.first.as<std::string>();
     if (known.count(key) == 0) {
-      throw ConfigError(path + ": unknown key '" + key + "'; expected base, dir, overrides, grid or eval");
+      throw ConfigError(path + ": unknown key '" + key + "'; expected base, dir, overrides, grid, exclude or eval");
     }
   }
   SweepSpec spec;
@@ -110,6 +147,7 @@ SweepSpec read_sweep(const std::string& path) {
     if (values.empty()) throw ConfigError(path + ": grid." + key + " has no values");
     spec.grid.emplace_back(key, values);
   }
+  if (root["exclude"]) spec.exclude = exclusions(root["exclude"], spec.grid, path);
   if (root["eval"]) {
     spec.eval = true;
     spec.eval_args = string_list(root["eval"], path, "eval");
@@ -131,6 +169,9 @@ std::vector<SweepRun> expand_sweep(const SweepSpec& spec) {
     }
     runs = std::move(next);
   }
+  runs.erase(std::remove_if(runs.begin(), runs.end(), [&](const SweepRun& r) { return excluded(spec, r); }),
+             runs.end());
+  if (runs.empty()) throw ConfigError(spec.file + ": 'exclude' leaves no runs");
   std::set<std::string> names;
   for (auto& run : runs) {
     if (!names.insert(run.name).second) {

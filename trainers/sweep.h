@@ -6,6 +6,8 @@
 //   overrides: [train.steps=600]             # applied to every run, before the grid's values
 //   grid:                                    # the cartesian product, first key slowest
 //     model.conditioning: [adaln_zero, adaln, cross_attention, in_context]
+//   exclude:                                 # optional: combinations left out, each a map of
+//     - {model.conditioning: adaln}          # grid keys to one of their values
 //   eval: [--num-samples, "2000"]            # optional: dit eval after each run, with these
 //                                            # arguments (and key=value overrides)
 //
@@ -26,6 +28,8 @@ struct SweepSpec {
   std::string dir;
   std::vector<std::string> overrides;
   std::vector<std::pair<std::string, std::vector<std::string>>> grid;  // in the file's order
+  // Runs whose values match every key = value of one entry are left out.
+  std::vector<std::vector<std::pair<std::string, std::string>>> exclude;
   bool eval = false;
   std::vector<std::string> eval_args;
 };
@@ -37,8 +41,9 @@ struct SweepRun {
   std::string run_dir;
 };
 
-// Throws ConfigError naming the file and the key for an unknown key, a missing base or grid, or
-// a grid entry that is not a non-empty list.
+// Throws ConfigError naming the file and the key for an unknown key, a missing base or grid, a
+// grid entry that is not a non-empty list, or an exclude entry naming a key or value not in the
+// grid (a typo there would silently run the combination).
 SweepSpec read_sweep(const std::string& path);
 
 // The runs of the grid; each one's config is loaded (and so validated) here.

@@ -44,6 +44,27 @@ TEST_CASE("a sweep grid expands into named runs, first key slowest", "[sweep]") 
         "dit eval --run-dir '" + runs[1].run_dir + "' '--num-samples' '100'");
 }
 
+TEST_CASE("exclude leaves out the combinations it names", "[sweep]") {
+  TempDir dir("sweep-exclude");
+  const SweepSpec spec = read_sweep(write_sweep(dir, "grid:\n  model.hidden_size: [32, 64]\n"
+                                                     "  model.conditioning: [adaln_zero, adaln, in_context]\n"
+                                                     "exclude:\n  - {model.hidden_size: 64, model.conditioning: adaln}\n"
+                                                     "  - {model.conditioning: in_context}\n"));
+  const auto runs = expand_sweep(spec);
+  std::vector<std::string> names;
+  for (const auto& run : runs) names.push_back(run.name);
+  CHECK(names == std::vector<std::string>{"hidden_size-32_conditioning-adaln_zero", "hidden_size-32_conditioning-adaln",
+                                          "hidden_size-64_conditioning-adaln_zero"});
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid:\n  model.depth: [1, 2]\nexclude:\n  - {model.dept: 1}\n")),
+                    Catch::Contains("exclude[0]") && Catch::Contains("'model.dept' is not a key of the grid"));
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid:\n  model.depth: [1, 2]\nexclude:\n  - {model.depth: 3}\n")),
+                    Catch::Contains("'3' is not one of grid.model.depth's values"));
+  CHECK_THROWS_WITH(read_sweep(write_sweep(dir, "grid:\n  model.depth: [1, 2]\nexclude: {model.depth: 1}\n")),
+                    Catch::Contains("'exclude' must be a list"));
+  CHECK_THROWS_WITH(expand_sweep(read_sweep(write_sweep(dir, "grid:\n  model.depth: [1]\nexclude:\n  - {model.depth: 1}\n"))),
+                    Catch::Contains("leaves no runs"));
+}
+
 TEST_CASE("bad sweep files are errors naming the file, the key or the run", "[sweep]") {
   TempDir dir("sweep-bad");
   CHECK_THROWS_WITH(read_sweep(dir / "none.yaml"), Catch::Contains("none.yaml") && Catch::Contains("does not exist"));

@@ -20,8 +20,7 @@ EpochSampler::EpochSampler(int64_t dataset_size, int64_t global_batch_size, uint
 const at::Tensor& EpochSampler::permutation(int64_t epoch) {
   if (epoch != cached_epoch_) {
     // A generator of its own per epoch: the order never depends on how many draws came before.
-    // (step = ~0 keeps these seeds apart from the per-sample ones.)
-    auto generator = sample_generator(seed_, ~uint64_t{0}, static_cast<uint64_t>(epoch));
+    auto generator = sample_generator(seed_, kEpochOrderStream, static_cast<uint64_t>(epoch));
     cached_permutation_ = at::randperm(dataset_size_, generator, at::TensorOptions().dtype(at::kLong));
     cached_epoch_ = epoch;
   }

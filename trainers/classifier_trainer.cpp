@@ -14,6 +14,7 @@
 #include "src/common/error.h"
 #include "src/common/log.h"
 #include "src/common/progress.h"
+#include "src/io/directory_lock.h"
 #include "trainers/experiment.h"
 
 namespace ditlab {
@@ -47,6 +48,7 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
   options.channels = cc.channels;
   const std::string run_dir = expand_run_dir(config.run.dir);
   const std::string weights_path = run_dir + "/classifier.safetensors";
+  const DirectoryLock run_dir_lock(run_dir, "dit train-classifier");  // held until training ends
   if (std::filesystem::exists(weights_path)) {
     throw ConfigError("run.dir " + run_dir + " already holds a classifier; choose another run.dir");
   }

@@ -191,7 +191,8 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   const Reference reference = reference_statistics(config, *network, communicator, device);
   result.reference_images = reference.statistics.count;
 
-  // Samples, classes in turn; batch b on rank b % world with seed sample.seed + b.
+  // Samples, classes in turn; batch b on rank b % world. Sample i's noise is its own stream
+  // (sample.seed, i), so the images do not depend on eval.batch_size or the number of ranks.
   const int64_t n = ec.num_samples, batch = ec.batch_size, batches = (n + batch - 1) / batch;
   const int64_t classes = config.model.num_classes;
   const at::Tensor labels = at::arange(n, at::kLong) % classes;
@@ -204,9 +205,8 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   const auto sampling_start = Clock::now();
   for (int64_t b = communicator.rank(); b < batches; b += communicator.world_size()) {
     const int64_t first = b * batch, rows = std::min(batch, n - first);
-    SampleConfig sample = config.sample;
-    sample.seed = config.sample.seed + b;
-    at::Tensor images = generate_samples(*model, config.diffusion, sample, labels.narrow(0, first, rows), device);
+    at::Tensor images =
+        generate_samples(*model, config.diffusion, config.sample, labels.narrow(0, first, rows), device, first);
     if (autoencoder) images = autoencoder->decode(images.to(device));
     const ImageFeatures measured = network->measure(images.clamp(-1, 1));
     if (!features.defined()) features = at::zeros({n, measured.features.size(1)});

@@ -11,6 +11,7 @@
 #include "data/latent_cache.h"
 #include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
+#include "src/common/build_info.h"
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
@@ -122,7 +123,7 @@ std::string git_revision() {
   };
   const std::string git = "git -C '" + std::string(DITLAB_SOURCE_DIR) + "' ";
   std::string rev = run(git + "rev-parse --short=12 HEAD 2>/dev/null");
-  if (rev.empty()) return DITLAB_GIT_REV;  // no git, or the sources moved: the build's revision
+  if (rev.empty()) return build_git_revision();  // no git, or the sources moved: the build's revision
   if (!run(git + "status --porcelain --untracked-files=no 2>/dev/null").empty()) rev += "+dirty";
   return rev;
 }

@@ -9,6 +9,7 @@
 #include <functional>
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "data/dataset.h"
 #include "data/latent_cache.h"
@@ -19,6 +20,7 @@
 #include "src/common/sample_rng.h"
 #include "src/distributed/communicator.h"
 #include "src/io/checksum.h"
+#include "src/io/directory_lock.h"
 #include "src/io/safetensors.h"
 #include "trainers/experiment.h"
 
@@ -27,10 +29,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The posterior draws of --store sample: a stream of their own, apart from training's
-// (seed, step, index) streams (steps near 2^64 are never reached) and the epoch sampler's (~0).
+// The posterior draws of --store sample: a stream of their own, apart from training's.
 at::Generator encoding_generator(int64_t seed, int64_t orientation, int64_t index) {
-  return sample_generator(static_cast<uint64_t>(seed), ~uint64_t{0} - 1 - static_cast<uint64_t>(orientation),
+  return sample_generator(static_cast<uint64_t>(seed), kEncodingStream - static_cast<uint64_t>(orientation),
                           static_cast<uint64_t>(index));
 }
 
@@ -173,7 +174,9 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
   const LatentCacheManifest manifest = planned_manifest(config, *data, *stage, o);
   const std::string& dir = o.out_dir;
 
+  std::optional<DirectoryLock> cache_lock;  // rank 0 owns the cache until it is complete
   run_on_main_rank(communicator, device, "preparing " + dir, [&] {
+    cache_lock.emplace(dir, "dit encode");
     if (std::filesystem::exists(manifest_path(dir))) {
       require_same_settings(dir, read_latent_manifest(dir), manifest);
       spdlog::info("{} exists with the same settings: resuming", dir);

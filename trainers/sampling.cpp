@@ -4,9 +4,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
 
+#include <vector>
+
 #include "models/registry.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
+#include "src/common/sample_rng.h"
 #include "src/common/text.h"
 #include "src/diffusion/noise_schedule.h"
 #include "src/diffusion/samplers.h"
@@ -63,7 +66,7 @@ void check_sample_output(const std::string& path) {
 
 at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_config,
                             const SampleConfig& sample, const at::Tensor& labels,
-                            const c10::Device& device) {
+                            const c10::Device& device, int64_t first_index) {
   torch::NoGradGuard no_grad;
   model.eval();
   const BackboneShape shape = model.shape();
@@ -74,9 +77,32 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
   auto diffusion = base.respaced(space_timesteps(base.num_timesteps(), std::to_string(sample.steps)));
 
   const int64_t n = labels.size(0);
+  if (n == 0) return at::zeros({0, shape.in_channels, shape.input_size, shape.input_size});
+  // One CPU stream per sample (drawn on the CPU, so a seed gives the same samples on every
+  // device); the guided batch's second half repeats the first's noise, as its rows are copies.
+  std::vector<at::Generator> streams;
+  streams.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    streams.push_back(sample_generator(static_cast<uint64_t>(sample.seed), kSamplingStream,
+                                       static_cast<uint64_t>(first_index + i)));
+  }
+  const std::vector<int64_t> one_sample = {shape.in_channels, shape.input_size, shape.input_size};
+  auto draw_noise = [&](int64_t rows) {
+    if (rows % n != 0) {
+      throw Error("sampling: noise for " + std::to_string(rows) + " rows, not a multiple of " +
+                  std::to_string(n) + " samples");
+    }
+    std::vector<at::Tensor> per_sample;
+    per_sample.reserve(static_cast<size_t>(n));
+    for (auto& stream : streams) {
+      per_sample.push_back(at::randn(one_sample, stream, at::TensorOptions().dtype(at::kFloat)));
+    }
+    at::Tensor noise = at::stack(per_sample);
+    return rows == n ? noise : noise.repeat({rows / n, 1, 1, 1});
+  };
+  auto z = draw_noise(n);
+  // The samplers' own generator goes unused: options.noise below supplies every draw.
   auto generator = at::detail::createCPUGenerator(static_cast<uint64_t>(sample.seed));
-  auto z = at::randn({n, shape.in_channels, shape.input_size, shape.input_size}, generator,
-                     at::TensorOptions().dtype(at::kFloat));
   auto y = labels.to(at::kLong);
   const bool guided = sample.cfg_scale != 1.0;
   if (guided && !shape.has_null_class) {
@@ -98,6 +124,7 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
   SamplerOptions options;
   options.clip_denoised = sample.clip_denoised;
   options.eta = sample.eta;
+  options.noise = [&](const at::Tensor& like) { return draw_noise(like.size(0)).to(like.device()); };
   options.on_step = [&](int64_t done, int64_t) { bar.update(done); };
   model.begin_sampling({sample.cache_interval, sample.cache_depth});
   at::Tensor x;

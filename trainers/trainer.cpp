@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <optional>
 
 #include "data/prefetch_loader.h"
 #include "models/registry.h"
@@ -16,6 +17,7 @@
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
 #include "src/distributed/grad_reducer.h"
+#include "src/io/directory_lock.h"
 #include "src/io/module_weights.h"
 #include "trainers/checkpoint.h"
 #include "trainers/ema.h"
@@ -266,6 +268,13 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
     check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
   }
 
+  // Rank 0 owns the run directory from before anything in it is read until the run ends, so a
+  // second process neither resumes from nor clears what the first is writing. The other ranks
+  // learn at once if it cannot.
+  std::optional<DirectoryLock> run_dir_lock;
+  run_on_main_rank(communicator, device, "locking the run directory " + config.run.dir,
+                   [&] { run_dir_lock.emplace(config.run.dir, "dit train"); });
+
   std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
   if (resume_from && resume_from->step == config.train.steps && run_is_finished(config.run.dir)) {
     // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched.
@@ -278,7 +287,7 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
     summary.start_step = summary.steps = config.train.steps;
     return summary;
   }
-  if (communicator.is_main()) {
+  run_on_main_rank(communicator, device, "preparing the run directory " + config.run.dir, [&] {
     prepare_run_directory(config, options, resume_from);
     log::add_file_sink(config.run.dir + "/train.log");
     write_run_metadata(config.run.dir, config, options.command_line, device);
@@ -287,10 +296,10 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                    communicator.world_size() == 1 ? "rank" : "ranks", communicator.env().launcher, communicator.backend(), communicator.env().master_addr,
                    communicator.env().master_port);
     }
-  } else {
+  });
+  if (!communicator.is_main()) {
     spdlog::set_level(spdlog::level::warn);  // rank 0 reports; the others only warn and fail
   }
-  communicator.barrier();  // the run directory is ready before any rank goes on
 
   Trainer trainer(config, dataset, device, communicator, resume_from.has_value());
   if (resume_from) trainer.restore(*resume_from);

@@ -14,6 +14,7 @@
 #include "src/common/error.h"
 #include "src/common/log.h"
 #include "src/common/progress.h"
+#include "src/io/directory_lock.h"
 #include "src/io/image_grid.h"
 #include "trainers/experiment.h"
 
@@ -67,6 +68,7 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   }
   const std::string run_dir = expand_run_dir(config.run.dir);
   const std::string weights_path = run_dir + "/autoencoder.safetensors";
+  const DirectoryLock run_dir_lock(run_dir, "dit train-vae");  // held until training ends
   if (std::filesystem::exists(weights_path)) {
     throw ConfigError("run.dir " + run_dir + " already holds an autoencoder; choose another run.dir");
   }

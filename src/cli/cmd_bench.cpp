@@ -18,6 +18,7 @@
 #include "models/registry.h"
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
+#include "src/cli/model_input.h"
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
@@ -110,13 +111,10 @@ int bench_data_loading(const ExperimentConfig& config, int64_t batch, int64_t st
 }  // namespace
 
 int run_bench(int argc, char** argv) {
-  Args args("bench",
-            {{"model", "preset or family (default: the config's model.name)"},
+  std::vector<Flag> flags = {
+             {"model", "preset or family (default: the config's model.name)"},
              {"config", "experiment YAML whose model, diffusion and train sections to use"},
              {"batch", "images per step (default: train.global_batch_size)"},
-             {"input-size", "latent H = W (default 32, the latent of a 256x256 image)"},
-             {"in-channels", "latent channels (default 4)"},
-             {"num-classes", "classes without the null class (default 1000)"},
              {"steps", "timed steps (default 10; with --sample: timed sampling runs, default 2)"},
              {"warmup", "untimed steps first (default 3; with --sample 1)"},
              {"precision", "fp32 or bf16 (default: bf16 on CUDA, fp32 on CPUs)"},
@@ -124,8 +122,9 @@ int run_bench(int argc, char** argv) {
              {"threads", "CPU threads (default: LibTorch's)"},
              {"peak-tflops", "device peak for the MFU (default: known GPUs; CPUs: measured matmul)"},
              {"sample", "time sampling (sample.sampler, sample.steps, sample.cfg_scale) instead", false},
-             {"data", "time loading the configured dataset's batches alone (data.*) instead", false}},
-            argc, argv, 2);
+             {"data", "time loading the configured dataset's batches alone (data.*) instead", false}};
+  for (auto& flag : model_input_flags()) flags.push_back(flag);
+  Args args("bench", flags, argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
   ExperimentConfig config;
   if (args.has("config")) {
@@ -141,9 +140,7 @@ int run_bench(int argc, char** argv) {
   }
   ModelConfig& mc = config.model;
   if (args.has("model")) mc.name = args.require("model");
-  if (mc.input_size == 0 || args.has("input-size")) mc.input_size = args.get_int("input-size", 32);
-  if (mc.in_channels == 0 || args.has("in-channels")) mc.in_channels = args.get_int("in-channels", 4);
-  if (mc.num_classes == 0 || args.has("num-classes")) mc.num_classes = args.get_int("num-classes", 1000);
+  resolve_model_input(config, args, "bench");
   mc = resolve_model_config(mc);
   const bool sample_mode = args.has("sample");
   const int64_t batch = args.get_int("batch", config.train.global_batch_size);

@@ -6,18 +6,16 @@
 #include "models/registry.h"
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
+#include "src/cli/model_input.h"
 #include "src/config/config_loader.h"
 
 namespace ditlab::cli {
 
 int run_flops(int argc, char** argv) {
-  Args args("flops",
-            {{"model", "preset or family (default: the config's model.name)"},
-             {"config", "experiment YAML whose model section to use"},
-             {"input-size", "model input H = W (the latent: 32 for 256x256 images; default 32)"},
-             {"in-channels", "input channels (default 4)"},
-             {"num-classes", "classes without the null class (default 1000)"}},
-            argc, argv, 2);
+  std::vector<Flag> flags = {{"model", "preset or family (default: the config's model.name)"},
+                             {"config", "experiment YAML whose model and data sections to use"}};
+  for (auto& flag : model_input_flags()) flags.push_back(flag);
+  Args args("flops", flags, argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
   // key=value overrides (model.hidden_size=...) apply either way.
   ExperimentConfig config;
@@ -26,11 +24,9 @@ int run_flops(int argc, char** argv) {
   } else {
     apply_overrides(config, args.overrides());
   }
-  ModelConfig mc = config.model;
-  if (args.has("model")) mc.name = args.require("model");
-  if (mc.input_size == 0 || args.has("input-size")) mc.input_size = args.get_int("input-size", 32);
-  if (mc.in_channels == 0 || args.has("in-channels")) mc.in_channels = args.get_int("in-channels", 4);
-  if (mc.num_classes == 0 || args.has("num-classes")) mc.num_classes = args.get_int("num-classes", 1000);
+  if (args.has("model")) config.model.name = args.require("model");
+  resolve_model_input(config, args, "flops");
+  const ModelConfig& mc = config.model;
   const ModelCost cost = model_cost(mc);
   std::printf("model              %s (input %lldx%lldx%lld, %lld classes)\n", mc.name.c_str(),
               static_cast<long long>(mc.input_size), static_cast<long long>(mc.input_size),

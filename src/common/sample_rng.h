@@ -9,6 +9,14 @@
 
 namespace ditlab {
 
+// `step` values reserved for the streams that are not a training step's (steps near 2^64 are
+// never reached): the epoch order (index: the epoch), the posterior draws of `dit encode
+// --store sample` (minus the orientation, 0 or 1; index: the image) and sampling (index: the
+// sample's number).
+constexpr uint64_t kEpochOrderStream = ~uint64_t{0};
+constexpr uint64_t kEncodingStream = ~uint64_t{0} - 1;
+constexpr uint64_t kSamplingStream = ~uint64_t{0} - 16;
+
 // A 64-bit seed mixing the three coordinates (SplitMix64 finaliser, so nearby inputs give
 // unrelated seeds).
 uint64_t sample_seed(uint64_t seed, uint64_t step, uint64_t index);

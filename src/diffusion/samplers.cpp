@@ -10,7 +10,8 @@ at::Tensor step_indices(int64_t i, const at::Tensor& x) {
   return at::full({x.size(0)}, i, at::TensorOptions().dtype(at::kLong).device(x.device()));
 }
 
-at::Tensor fresh_noise(const at::Tensor& like, at::Generator& generator) {
+at::Tensor fresh_noise(const at::Tensor& like, at::Generator& generator, const SamplerOptions& options) {
+  if (options.noise) return options.noise(like);
   // Drawn on the CPU so that a seed gives the same samples on every device.
   return at::randn(like.sizes(), generator, at::TensorOptions().dtype(at::kFloat))
       .to(like.device());
@@ -29,7 +30,7 @@ at::Tensor ddpm_sample(const GaussianDiffusion& diffusion, const ModelFn& model,
     auto out = model(x, diffusion.model_timesteps(t));
     auto pred = diffusion.p_mean_variance(out, x, t, options.clip_denoised);
     x = pred.mean;
-    if (i > 0) x = x + (0.5 * pred.log_variance).exp() * fresh_noise(x, generator);
+    if (i > 0) x = x + (0.5 * pred.log_variance).exp() * fresh_noise(x, generator, options);
     if (options.on_step) options.on_step(T - i, T);
   }
   return x;
@@ -53,7 +54,7 @@ at::Tensor ddim_sample(const GaussianDiffusion& diffusion, const ModelFn& model,
     auto sigma = options.eta * ((1.0 - abar_prev) / (1.0 - abar)).sqrt() *
                  (1.0 - abar / abar_prev).sqrt();
     x = pred.pred_xstart * abar_prev.sqrt() + (1.0 - abar_prev - sigma.pow(2)).sqrt() * eps;
-    if (i > 0 && options.eta > 0.0) x = x + sigma * fresh_noise(x, generator);
+    if (i > 0 && options.eta > 0.0) x = x + sigma * fresh_noise(x, generator, options);
     if (options.on_step) options.on_step(T - i, T);
   }
   return x;

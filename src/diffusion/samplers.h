@@ -15,6 +15,9 @@ struct SamplerOptions {
   double eta = 0.0;           // DDIM only: 0 deterministic, 1 DDPM-like
   // Called after each step with (steps done, total steps).
   std::function<void(int64_t, int64_t)> on_step;
+  // Where the noise of each step comes from (a tensor shaped like its argument, on its device);
+  // unset: `generator`. Lets a caller give every sample a stream of its own.
+  std::function<at::Tensor(const at::Tensor&)> noise;
 };
 
 // x_T ~ noise, then p(x_{t-1} | x_t) down to t = 0 (no noise added at the last step).

@@ -59,6 +59,30 @@ TEST_CASE("dit bench times training steps and sampling and prints one JSON line"
   CHECK_THAT(read_all(dir / "bad.log"), Catch::Contains("--precision must be fp32 or bf16"));
 }
 
+TEST_CASE("dit bench --config times the model at the shape its data gives", "[bench]") {
+  TempDir dir("bench-config");
+  const std::string config = ditlab::testing::source_dir() + "/configs/debug/dit.yaml";
+  // Fashion-MNIST: 32x32 pixels, 1 channel, 10 classes (the config leaves all three to the data).
+  REQUIRE(run_command("(" + dit_binary() + " bench --config " + config +
+                          " --batch 2 --steps 1 --warmup 0 --threads 1 2>/dev/null)",
+                      dir / "train.json") == 0);
+  const std::string train = read_all(dir / "train.json");
+  CAPTURE(train);
+  CHECK(json_number(train, "input_size") == 32);
+  CHECK(json_number(train, "in_channels") == 1);
+  // A flag wins over the data; the rest still comes from it.
+  REQUIRE(run_command("(" + dit_binary() + " bench --config " + config +
+                          " --input-size 16 --batch 2 --steps 1 --warmup 0 --threads 1 2>/dev/null)",
+                      dir / "small.json") == 0);
+  CHECK(json_number(read_all(dir / "small.json"), "input_size") == 16);
+  CHECK(json_number(read_all(dir / "small.json"), "in_channels") == 1);
+  // Without the data the shape must be given.
+  CHECK(run_command(dit_binary() + " bench --config " + config + " data.path=" + (dir / "nowhere") +
+                        " --batch 2 --steps 1 --warmup 0",
+                    dir / "bad.log") == 2);
+  CHECK_THAT(read_all(dir / "bad.log"), Catch::Contains("nowhere") && Catch::Contains("--input-size"));
+}
+
 TEST_CASE("scripts/race.sh runs ditlab and the PyTorch reference and prints the ratio", "[bench]") {
   TempDir dir("race");
   const std::string command = "DIT=" + dit_binary() + " " + ditlab::testing::source_dir() +

@@ -119,7 +119,14 @@ TEST_CASE("dit flops reports the DiT paper's Gflops and parameters without build
     CHECK(std::abs(number_after("GMACs / image") - expected.first) < 0.005 + 5e-4 * expected.first);
     CHECK(std::abs(number_after("parameters") / 1e6 - expected.second) < 0.005);
   }
-  // A config's model (with the data's sizes given) and a wrong name.
+  // A config's model at its data's shape (Fashion-MNIST: 32x32x1, 10 classes), unless a flag says
+  // otherwise; and a wrong name.
+  const std::string config = ditlab::testing::source_dir() + "/configs/fashion_mnist/dit_small.yaml";
+  REQUIRE(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --config " + config, dir / "fm.log") == 0);
+  CHECK_THAT(read_file(dir / "fm.log"), Catch::Contains("(input 32x32x1, 10 classes)"));
+  REQUIRE(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --config " + config + " --in-channels 4",
+                                       dir / "fm4.log") == 0);
+  CHECK_THAT(read_file(dir / "fm4.log"), Catch::Contains("(input 32x32x4, 10 classes)"));
   const std::string log = dir / "bad.log";
   CHECK(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --model DiT-Q/2", log) != 0);
   CHECK_THAT(read_file(log), Catch::Contains("DiT-Q/2") && Catch::Contains("valid names"));

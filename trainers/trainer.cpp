@@ -13,6 +13,7 @@
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
+#include "src/common/peak_tflops.h"
 #include "src/common/progress.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
@@ -56,6 +57,17 @@ class Trainer {
     spdlog::info("model {} ({:.2f}M parameters), data {} ({} images, {} steps/epoch), device {}{}",
                  config_.model.name, num_params / 1e6, config_.data.name, dataset_->size(),
                  loader_.sampler().steps_per_epoch(), device_.str(), step_.bf16() ? ", bf16 autocast" : "");
+    if (communicator_.is_main()) {
+      peak_tflops_ = tc_.peak_tflops > 0 ? tc_.peak_tflops : default_peak_tflops(device_, step_.bf16());
+      if (peak_tflops_ > 0) {
+        spdlog::info("MFU against {:.2f} TFLOP/s per device ({})", peak_tflops_,
+                     tc_.peak_tflops > 0 ? "train.peak_tflops"
+                     : device_.is_cuda() ? "the dense peak of " + device_display_name(device_)
+                                         : std::string("the measured float32 matmul rate of this CPU"));
+      } else {
+        spdlog::info("no MFU: {} has no known peak; set train.peak_tflops", device_display_name(device_));
+      }
+    }
   }
 
   // Continues from `c`: weights, EMA, optimizer moments, RNG and the open logging window.
@@ -162,11 +174,11 @@ class Trainer {
     window_ = LogWindow();
     if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
     // Achieved model FLOP/s: 6 x forward MACs per image (forward + backward, 2 FLOPs per MAC)
-    // at the window's images/s, over all ranks; MFU against train.peak_tflops (all devices).
+    // at the window's images/s, over all ranks; MFU against the peak of all devices.
     const double tflops = 6.0 * static_cast<double>(step_.model().forward_macs()) * record[8].second / 1e12;
     record.emplace_back("tflops", tflops);
-    if (tc_.peak_tflops > 0) {
-      record.emplace_back("mfu", tflops / (tc_.peak_tflops * communicator_.world_size()));
+    if (peak_tflops_ > 0) {
+      record.emplace_back("mfu", tflops / (peak_tflops_ * communicator_.world_size()));
     }
     metrics_->write(record);
     const double loss = record[2].second;
@@ -237,6 +249,7 @@ class Trainer {
   bool stop_requested_ = false;
   int64_t start_step_ = 0;
   int64_t bad_steps_ = 0;
+  double peak_tflops_ = 0.0;  // per device; 0: no MFU
 };
 
 }  // namespace

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -22,6 +21,7 @@
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
+#include "src/common/peak_tflops.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
 #include "trainers/experiment.h"
@@ -35,43 +35,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::string cpu_model_name() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "cpu";
-}
-
-// What 100% MFU means: dense bf16 / fp32 tensor-core peaks of known GPUs (no sparsity), and on
-// CPUs the measured rate of a large float32 matrix product with the threads in use, so that MFU
-// there says how close a step comes to the machine's own matmul speed.
-double default_peak_tflops(const c10::Device& device, const std::string& name, bool bf16) {
-  if (device.is_cuda()) {
-    struct Peak { const char* key; double bf16, fp32; };
-    // fp32: CUDA-core rates (LibTorch does not use TF32 for float32 products by default).
-    const Peak peaks[] = {{"H200", 989.4, 66.9}, {"H100", 989.4, 66.9}, {"H800", 989.4, 66.9},
-                          {"A100", 312.0, 19.5}, {"A800", 312.0, 19.5}, {"L40S", 362.1, 91.6},
-                          {"4090", 165.2, 82.6}};
-    for (const auto& p : peaks) {
-      if (name.find(p.key) != std::string::npos) return bf16 ? p.bf16 : p.fp32;
-    }
-    return 0.0;  // unknown GPU: MFU is left out unless --peak-tflops says
-  }
-  torch::NoGradGuard no_grad;
-  const int64_t n = 1024;
-  auto a = at::randn({n, n}), b = at::randn({n, n});
-  at::mm(a, b);  // warm-up
-  double best = 1e30;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto start = Clock::now();
-    at::mm(a, b);
-    best = std::min(best, seconds_since(start));
-  }
-  return 2.0 * n * n * n / best / 1e12;
 }
 
 double median(std::vector<double> v) {
@@ -159,10 +122,9 @@ int run_bench(int argc, char** argv) {
   config.train.global_batch_size = batch;
   config.train.grad_accum_steps = 1;
   config.sample.seed = config.train.seed;
-  const std::string device_name =
-      device.is_cuda() ? compat::device_name(device) : cpu_model_name();
+  const std::string device_name = device_display_name(device);
   const double peak = args.has("peak-tflops") ? args.get_double("peak-tflops", 0.0)
-                                              : default_peak_tflops(device, device_name, bf16);
+                                              : default_peak_tflops(device, bf16);
   if (peak < 0) {
     throw UsageError("bench: --peak-tflops must be >= 0 (0: no MFU), not " + args.require("peak-tflops"));
   }

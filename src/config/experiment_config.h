@@ -81,7 +81,7 @@ struct TrainConfig {
   std::string device = "auto";
   int64_t threads = 0;  // 0: LibTorch's default
   int64_t log_every = 50;
-  double peak_tflops = 0.0;  // per device, for the logged MFU; 0: no MFU (TFLOP/s still logged)
+  double peak_tflops = 0.0;  // per device, for the logged MFU; 0: the device's (src/common/peak_tflops.h)
   int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops
   std::string init_from;  // weights (.safetensors or torch .pt) to start from; keys may be missing
   std::string dist_backend = "auto";  // auto: nccl on CUDA, gloo on CPU

@@ -250,8 +250,9 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
       float_option(FIELD(train.peak_tflops), 0, kInf, false,
-                   "Peak TFLOP/s of one device for the logged MFU (H100 SXM bf16 dense: 989, "
-                   "A100: 312); 0 = log TFLOP/s only"),
+                   "Peak TFLOP/s of one device for the logged MFU; 0 = the device's: known GPUs' "
+                   "dense peaks (H100/H200 bf16 989.4, A100 312), a CPU's measured matmul rate "
+                   "(an unknown GPU logs TFLOP/s only)"),
       optional_path_option(FIELD(train.init_from),
                     "Weights to start from (.safetensors, or a torch .pt such as an official DiT "
                     "checkpoint); model keys they lack keep their initialisation"),

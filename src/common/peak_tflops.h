@@ -1,0 +1,19 @@
+// What 100% MFU means on a device, for `dit bench` and the trainer's logged MFU.
+#pragma once
+#include <c10/core/Device.h>
+
+#include <string>
+
+namespace ditlab {
+
+// The device as people name it: the GPU's name, or the CPU's model name from /proc/cpuinfo.
+std::string device_display_name(const c10::Device& device);
+
+// Dense bf16 / fp32 peaks of known GPUs (no sparsity; fp32 at CUDA-core rates, as LibTorch does
+// not use TF32 for float32 products by default), 0 for an unknown GPU; on CPUs the measured rate
+// of a 1024^3 float32 product with the threads in use, so that MFU there says how close a step
+// comes to the machine's own matmul speed. The measurement draws from a generator of its own,
+// so it leaves the global random state alone.
+double default_peak_tflops(const c10::Device& device, bool bf16);
+
+}  // namespace ditlab

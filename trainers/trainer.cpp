@@ -290,7 +290,8 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
 
   std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
   if (resume_from && resume_from->step == config.train.steps && run_is_finished(config.run.dir)) {
-    // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched.
+    // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched
+    // but the lock file.
     if (communicator.is_main()) {
       spdlog::info("{} is finished (step {}); raise train.steps to train longer", config.run.dir,
                    config.train.steps);

@@ -81,6 +81,7 @@ DiTOptions dit_options(const ModelConfig& c) {
   o.moe.experts_per_token = c.moe.experts_per_token;
   o.moe.capacity_factor = c.moe.capacity_factor;
   o.moe.aux_loss_weight = c.moe.aux_loss_weight;
+  o.checkpoint_blocks = c.checkpoint_blocks;
   return o;
 }
 
@@ -119,6 +120,7 @@ UDiTOptions udit_options(const ModelConfig& c) {
   o.num_classes = c.num_classes;
   o.learn_sigma = c.learn_sigma;
   o.with_null_class = c.class_dropout_prob > 0.0;
+  o.checkpoint_blocks = c.checkpoint_blocks;
   return o;
 }
 
@@ -183,12 +185,13 @@ struct Family {
 
 const std::vector<Family>& families() {
   static const std::vector<Family> table = {
-      {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false},
-      {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true},
-      {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false},
-      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false},
-      {"dim", build_dim, dim_cost, Shape::kTokens, 0.0, false, /*attention=*/false,
-       /*checkpoint_blocks=*/true}};
+      {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, true},
+      {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true, true, true},
+      // The routers' load-balancing loss is read after forward from each block: a recomputed
+      // block's forward records no graph for it.
+      {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, false},
+      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false, true, true},
+      {"dim", build_dim, dim_cost, Shape::kTokens, 0.0, false, /*attention=*/false, true}};
   return table;
 }
 
@@ -275,7 +278,7 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
            "its attention is cosine attention, whose logits do not grow with head_dim");
   }
   reject("checkpoint_blocks", c.checkpoint_blocks && !family.checkpoint_blocks,
-         "activation checkpointing is implemented for dim only so far");
+         "the routers' load-balancing loss needs the blocks' recorded forward");
   if (family.shape == Shape::kTokens) {
     require_size("depth", c.depth);
     require_size("patch_size", c.patch_size);

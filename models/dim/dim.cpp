@@ -8,8 +8,8 @@
 #include <cmath>
 #include <sstream>
 
-#include "models/dim/block_checkpoint.h"
 #include "src/common/error.h"
+#include "models/layers/activation_checkpoint.h"
 #include "models/mup/activation_probe.h"
 #include "src/common/text.h"
 
@@ -224,7 +224,11 @@ at::Tensor DiM::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor
 at::Tensor DiM::run_block(int64_t i, const at::Tensor& r, const at::Tensor& c3) {
   auto* block = blocks->ptr(i)->as<DiMBlockImpl>();
   if (options_.checkpoint_blocks && is_training() && at::GradMode::is_enabled()) {
-    return checkpointed_block(*block, r, c3, orders_[i], inverses_[i]);
+    // The selective scan keeps [batch, 2D, L, 16] state tensors per block for backward, far
+    // more than attention's activations.
+    return checkpointed([block](const std::vector<at::Tensor>& in) {
+      return block->forward(in[0], in[1], in[2], in[3]);
+    }, {r, c3, orders_[i], inverses_[i]});
   }
   return block->forward(r, c3, orders_[i], inverses_[i]);
 }

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "src/common/error.h"
+#include "models/layers/activation_checkpoint.h"
 #include "models/mup/activation_probe.h"
 
 namespace ditlab {
@@ -149,6 +150,12 @@ DiT::DiT(const DiTOptions& o) : options_(o) {
   positive("depth", o.depth);
   positive("num_heads", o.num_heads);
   positive("num_classes", o.num_classes);
+  if (o.checkpoint_blocks && o.moe.num_experts > 0) {
+    // The load-balancing loss is read from each block after forward; a checkpointed block's
+    // forward records no graph, so the router would lose that loss's gradient.
+    throw ConfigError("model.checkpoint_blocks is not supported with experts (model.moe.num_experts "
+                      "> 0): the routers' load-balancing loss needs the blocks' recorded forward");
+  }
   if (o.input_size % o.patch_size != 0) {
     throw ConfigError("model.input_size " + std::to_string(o.input_size) +
                       " is not divisible by model.patch_size " + std::to_string(o.patch_size));
@@ -235,8 +242,17 @@ DiT::Embedded DiT::embed(const at::Tensor& x, const at::Tensor& t, const at::Ten
 }
 
 at::Tensor DiT::run_blocks(at::Tensor tokens, const at::Tensor& cond) {
-  for (auto& block : *blocks) tokens = block->as<DiTBlockImpl>()->forward(tokens, cond);
+  for (int64_t i = 0; i < static_cast<int64_t>(blocks->size()); ++i) tokens = run_block(i, tokens, cond);
   return tokens;
+}
+
+at::Tensor DiT::run_block(int64_t i, const at::Tensor& x, const at::Tensor& cond) {
+  auto* block = blocks->ptr(i)->as<DiTBlockImpl>();
+  if (options_.checkpoint_blocks && is_training() && at::GradMode::is_enabled()) {
+    return checkpointed([block](const std::vector<at::Tensor>& in) { return block->forward(in[0], in[1]); },
+                        {x, cond});
+  }
+  return block->forward(x, cond);
 }
 
 at::Tensor DiT::head(const at::Tensor& tokens, const at::Tensor& cond) {

@@ -36,6 +36,7 @@ struct DiTOptions {
   bool with_null_class = true;  // the extra embedding row for guidance (label dropout > 0)
   Conditioning conditioning = Conditioning::kAdaLNZero;
   MoeOptions moe;  // num_experts > 0: DiT-MoE (every block's MLP is a sparse MoE layer)
+  bool checkpoint_blocks = false;  // recompute each block in backward (activation checkpointing)
 };
 
 // One transformer block under any conditioning variant. adaLN-Zero is the official DiTBlock.
@@ -115,6 +116,10 @@ class DiT : public Backbone {
   at::Tensor pos_embed;  // [1, T, D], fixed (requires_grad false) but in the state dict
   torch::nn::ModuleList blocks{nullptr};
   FinalLayer final_layer{nullptr};
+
+ protected:
+  // Block i on x; in training with options().checkpoint_blocks, without stored activations.
+  at::Tensor run_block(int64_t i, const at::Tensor& x, const at::Tensor& cond);
 
  private:
   DiTOptions options_;

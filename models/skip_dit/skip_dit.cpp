@@ -57,7 +57,7 @@ at::Tensor SkipDiT::run(at::Tensor x, const at::Tensor& cond, CacheUse use) {
       skips.pop_back();
       x = merge_skip(i - half, x, skip);
     }
-    x = blocks[i]->as<DiTBlockImpl>()->forward(x, cond);
+    x = run_block(i, x, cond);
     if (i < half) skips.push_back(x);
   }
   return x;

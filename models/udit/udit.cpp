@@ -8,6 +8,7 @@
 
 #include <sstream>
 
+#include "models/layers/activation_checkpoint.h"
 #include "models/mup/activation_probe.h"
 #include "src/common/error.h"
 
@@ -218,8 +219,15 @@ BackboneOutput UDiT::forward(const at::Tensor& x, const at::Tensor& t, const at:
   auto c1 = t_embedder_1->forward(t) + y_embedder_1->forward(y);
   auto c2 = t_embedder_2->forward(t) + y_embedder_2->forward(y);
   auto c3 = t_embedder_3->forward(t) + y_embedder_3->forward(y);
-  auto run = [](const torch::nn::ModuleList& blocks, at::Tensor h, const at::Tensor& c) {
-    for (const auto& block : *blocks) h = block->as<UDiTBlockImpl>()->forward(h, c);
+  const bool recompute = options_.checkpoint_blocks && is_training() && at::GradMode::is_enabled();
+  auto run = [recompute](const torch::nn::ModuleList& blocks, at::Tensor h, const at::Tensor& c) {
+    for (const auto& module : *blocks) {
+      auto* block = module->as<UDiTBlockImpl>();
+      h = recompute ? checkpointed([block](const std::vector<at::Tensor>& in) {
+                        return block->forward(in[0], in[1]);
+                      }, {h, c})
+                    : block->forward(h, c);
+    }
     return h;
   };
   auto enc1 = run(encoder_level_1, probe("embed", x_embedder->forward(x)), c1);      // [N, C, H, W]

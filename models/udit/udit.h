@@ -35,6 +35,7 @@ struct UDiTOptions {
   int64_t num_classes = 1000;
   bool learn_sigma = true;
   bool with_null_class = true;
+  bool checkpoint_blocks = false;  // recompute each block in backward (activation checkpointing)
 };
 
 // Two attention + FFN sub-layers, each with its own adaLN-Zero modulation (DiT's 6-vector order).

@@ -185,13 +185,14 @@ int run_bench(int argc, char** argv) {
   std::printf(
       "{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"device_name\": \"%s\", "
       "\"precision\": \"%s\", \"batch\": %lld, \"input_size\": %lld, \"in_channels\": %lld, "
-      "\"threads\": %d, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
+      "\"threads\": %d, \"checkpoint_blocks\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
       "\"images_per_s\": %.3f, \"step_ms_median\": %.3f, \"step_ms_min\": %.3f, "
       "\"step_ms_max\": %.3f, \"tflops\": %.4g, \"peak_tflops\": %.2f, \"mfu\": %s, "
       "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"libtorch\": \"%s\"}\n",
       sample_mode ? "sample" : "train", mc.name.c_str(), device.str().c_str(), device_name.c_str(),
       precision.c_str(), static_cast<long long>(batch), static_cast<long long>(mc.input_size),
-      static_cast<long long>(mc.in_channels), at::get_num_threads(), static_cast<long long>(steps),
+      static_cast<long long>(mc.in_channels), at::get_num_threads(),
+      mc.checkpoint_blocks ? "true" : "false", static_cast<long long>(steps),
       static_cast<long long>(parameters), macs / 1e9, images_per_s, med * per_step,
       *std::min_element(step_ms.begin(), step_ms.end()),
       *std::max_element(step_ms.begin(), step_ms.end()), tflops, peak,

@@ -41,7 +41,7 @@ struct ModelConfig {
   bool learn_sigma = true;
   double class_dropout_prob = 0.1;
   std::string conditioning = "adaln_zero";
-  bool checkpoint_blocks = false;  // activation checkpointing per block (dim)
+  bool checkpoint_blocks = false;  // activation checkpointing per block
   MoeConfig moe;
   MupConfig mup;
 };

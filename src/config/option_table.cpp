@@ -190,7 +190,7 @@ std::vector<OptionSpec> build_table() {
       string_option(FIELD(model.conditioning), {"adaln_zero", "adaln", "cross_attention", "in_context"},
                     "How t and y condition the blocks (the DiT paper's ablation)"),
       bool_option(FIELD(model.checkpoint_blocks),
-                  "dim: recompute each block in backward instead of storing its activations"),
+                  "Recompute each block in backward instead of storing its activations (less memory, one more forward; not dit-moe)"),
       int_option(FIELD(model.moe.num_experts), 0, 4096,
                  "dit-moe: routed experts per layer; 0 = the preset's"),
       int_option(FIELD(model.moe.experts_per_token), 0, 4096,

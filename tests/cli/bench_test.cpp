@@ -54,6 +54,12 @@ TEST_CASE("dit bench times training steps and sampling and prints one JSON line"
   CAPTURE(sample);
   CHECK_THAT(sample, Catch::Contains("\"mode\": \"sample\""));
   CHECK(json_number(sample, "images_per_s") > 0);
+  CHECK_THAT(train, Catch::Contains("\"checkpoint_blocks\": false"));
+
+  // Activation checkpointing is a model key; the line says it was on.
+  REQUIRE(run_command("(" + dit_binary() + " bench" + common + " model.checkpoint_blocks=true 2>/dev/null)",
+                      dir / "checkpointed.json") == 0);
+  CHECK_THAT(read_all(dir / "checkpointed.json"), Catch::Contains("\"checkpoint_blocks\": true"));
 
   CHECK(run_command(dit_binary() + " bench --model DiT-S/8 --precision fp16", dir / "bad.log") == 2);
   CHECK_THAT(read_all(dir / "bad.log"), Catch::Contains("--precision must be fp32 or bf16"));

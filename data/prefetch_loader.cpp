@@ -5,12 +5,22 @@
 namespace ditlab {
 
 PrefetchLoader::PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler,
-                               int64_t depth, int rank, int world_size)
+                               int64_t depth, int rank, int world_size, bool pin_memory)
     : dataset_(std::move(dataset)),
       sampler_(std::move(sampler)),
       depth_(depth),
       rank_(rank),
-      world_size_(world_size) {}
+      world_size_(world_size),
+      pin_memory_(pin_memory) {}
+
+namespace {
+Batch pinned(Batch batch) {
+  for (at::Tensor* t : {&batch.images, &batch.labels, &batch.cached_latents}) {
+    if (t->defined()) *t = t->pin_memory();
+  }
+  return batch;
+}
+}  // namespace
 
 std::vector<int64_t> PrefetchLoader::shard(int64_t step) {
   auto indices = sampler_.global_batch(step);
@@ -29,8 +39,9 @@ void PrefetchLoader::schedule_until(int64_t last) {
   for (int64_t s = next_scheduled_; s <= last; ++s) {
     auto indices = shard(s);  // sampler used on this thread only
     auto dataset = dataset_;
-    pending_.emplace_back(s, std::async(std::launch::async, [dataset, indices] {
-                            return dataset->get_batch(indices);
+    pending_.emplace_back(s, std::async(std::launch::async, [dataset, indices, pin = pin_memory_] {
+                            Batch batch = dataset->get_batch(indices);
+                            return pin ? pinned(std::move(batch)) : batch;
                           }));
   }
   next_scheduled_ = std::max(next_scheduled_, last + 1);

@@ -15,9 +15,10 @@ namespace ditlab {
 class PrefetchLoader {
  public:
   // With several ranks, each loads only its shard of every global batch: the `rank`-th of
-  // `world_size` equal consecutive slices.
+  // `world_size` equal consecutive slices. `pin_memory` (CUDA) puts prefetched batches in
+  // page-locked memory, from which the step copies them to the GPU without waiting.
   PrefetchLoader(std::shared_ptr<Dataset> dataset, EpochSampler sampler, int64_t depth,
-                 int rank = 0, int world_size = 1);
+                 int rank = 0, int world_size = 1, bool pin_memory = false);
   ~PrefetchLoader();
 
   // This rank's shard of the global batch of `step`. Steps must be requested in increasing order.
@@ -33,6 +34,7 @@ class PrefetchLoader {
   EpochSampler sampler_;
   int64_t depth_;
   int rank_, world_size_;
+  bool pin_memory_;
   int64_t next_scheduled_ = -1;
   std::deque<std::pair<int64_t, std::future<Batch>>> pending_;
 };

@@ -16,9 +16,14 @@ struct SampleDraws {
 };
 
 // Draws for global sample indices first_index .. first_index + count - 1 of optimizer step `step`.
+// `pinned` allocates them in page-locked memory (CUDA builds), so that copies to the GPU can be
+// asynchronous.
 SampleDraws draw_for_samples(uint64_t seed, int64_t step, int64_t first_index, int64_t count,
                              int64_t num_timesteps, at::IntArrayRef image_shape,
                              double label_drop_prob, bool random_flip,
-                             at::IntArrayRef posterior_shape = {});
+                             at::IntArrayRef posterior_shape = {}, bool pinned = false);
+
+// Samples first .. first + count - 1 of `draws` (views).
+SampleDraws slice_draws(const SampleDraws& draws, int64_t first, int64_t count);
 
 }  // namespace ditlab

@@ -49,7 +49,8 @@ class Trainer {
               /*with_ema=*/communicator.is_main(), autoencoder_.get()),
         loader_(dataset_, EpochSampler(dataset_->size(), tc_.global_batch_size,
                                        static_cast<uint64_t>(tc_.seed)),
-                config_.data.prefetch, communicator.rank(), communicator.world_size()),
+                config_.data.prefetch, communicator.rank(), communicator.world_size(),
+                /*pin_memory=*/device_.is_cuda()),
         communicator_(communicator) {
     if (communicator_.is_main()) metrics_ = std::make_unique<JsonlSink>(config_.run.dir + "/metrics.jsonl");
     int64_t num_params = 0;

@@ -17,7 +17,6 @@
 #include "trainers/ema.h"
 #include "trainers/grad_norm.h"
 #include "trainers/multi_tensor_adamw.h"
-#include "trainers/sample_draws.h"
 #include "trainers/stop_signal.h"
 
 namespace ditlab {
@@ -109,6 +108,31 @@ TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backb
                          tc_.grad_reduce_overlap});
   // Every rank starts from rank 0's weights (they agree by seed; this makes it a guarantee).
   communicator_.broadcast(model_->parameters());
+
+  // Each sample's timestep, noise, label drop and flip come from its own (seed, step, global
+  // index) generator, so this rank's shard is drawn at once and split into micro-batches.
+  const BackboneShape shape = model_->shape();
+  const std::vector<int64_t> input_shape = {shape.in_channels, shape.input_size, shape.input_size};
+  const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior();
+  const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
+  draw_shard_ = [seed = static_cast<uint64_t>(tc_.seed), first = communicator_.rank() * per_rank,
+                 per_rank, timesteps = config_.diffusion.steps, input_shape, posterior,
+                 drop = config_.model.class_dropout_prob, flip = config_.data.random_flip,
+                 pinned = device_.is_cuda()](int64_t step) {
+    return draw_for_samples(seed, step, first, per_rank, timesteps, input_shape, drop, flip,
+                            posterior ? at::IntArrayRef(input_shape) : at::IntArrayRef(), pinned);
+  };
+}
+
+SampleDraws TrainingStep::draws_for(int64_t step) {
+  SampleDraws draws = next_draws_.valid() && next_draws_step_ == step ? next_draws_.get() : draw_shard_(step);
+  // A GPU step leaves the host idle while the device works: the next step's draws cost nothing
+  // there. (A stale future, after a jump in steps, is joined by the assignment.)
+  if (config_.data.prefetch > 0) {
+    next_draws_step_ = step + 1;
+    next_draws_ = std::async(std::launch::async, draw_shard_, step + 1);
+  }
+  return draws;
 }
 
 TrainingStep::~TrainingStep() = default;
@@ -145,15 +169,12 @@ void TrainingStep::clear_gradients() {
 }
 
 // Forward and backward over every micro-batch of this rank's shard of the global batch of
-// `step`, then the gradient sum over ranks. Each sample's timestep, noise, label drop and flip
-// come from its own (seed, step, global index) generator, so the split does not matter.
+// `step`, then the gradient sum over ranks. Copies to the device are asynchronous from
+// page-locked memory (and ordinary copies otherwise); flips and label drops happen on the device.
 StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   clear_gradients();
   const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
   const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
-  // What the backbone sees: the batch itself, or its latents.
-  const BackboneShape shape = model_->shape();
-  const std::vector<int64_t> input_shape = {shape.in_channels, shape.input_size, shape.input_size};
   // A cache of one posterior sample per image has nothing left to sample.
   const bool cached = batch.cached_latents.defined();
   if (cached && autoencoder_ == nullptr) {
@@ -161,35 +182,34 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   }
   const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior() &&
                          (!cached || batch.cached_latents.size(2) == 2);
+  auto to_device = [&](const at::Tensor& t) { return t.to(device_, /*non_blocking=*/true); };
+  const SampleDraws shard_draws = draws_for(step);
   StepResult sums;
   sums.loss = at::zeros({}, device_);
   sums.mse = at::zeros({}, device_);
   sums.vb = at::zeros({}, device_);
   for (int64_t micro = 0; micro < tc_.grad_accum_steps; ++micro) {
     const int64_t first = micro * micro_batch;  // within this rank's shard
-    const int64_t global_first = communicator_.rank() * per_rank + first;
-    auto draws = draw_for_samples(static_cast<uint64_t>(tc_.seed), step, global_first, micro_batch,
-                                  config_.diffusion.steps, input_shape,
-                                  config_.model.class_dropout_prob, config_.data.random_flip,
-                                  posterior ? at::IntArrayRef(input_shape) : at::IntArrayRef());
-    const at::Tensor posterior_noise = posterior ? draws.posterior_noise.to(device_) : at::Tensor();
+    const SampleDraws draws = slice_draws(shard_draws, first, micro_batch);
+    const at::Tensor posterior_noise = posterior ? to_device(draws.posterior_noise) : at::Tensor();
+    const at::Tensor flip = to_device(draws.flip);
     at::Tensor x0;
     if (cached) {  // the flip picks the mirrored image's latents; the stage scales and samples
-      auto entries = batch.cached_latents.narrow(0, first, micro_batch);
-      auto chosen = at::where(draws.flip.view({-1, 1, 1, 1, 1}),
-                              entries.select(1, entries.size(1) - 1), entries.select(1, 0)).to(device_);
+      auto entries = to_device(batch.cached_latents.narrow(0, first, micro_batch));
+      auto chosen = at::where(flip.view({-1, 1, 1, 1, 1}), entries.select(1, entries.size(1) - 1),
+                              entries.select(1, 0));
       x0 = autoencoder_->latents_from(chosen.select(1, 0),
                                       chosen.size(1) == 2 ? chosen.select(1, 1) : at::Tensor(),
                                       posterior_noise);
     } else {
-      x0 = batch.images.narrow(0, first, micro_batch);
-      x0 = at::where(draws.flip.view({-1, 1, 1, 1}), x0.flip({3}), x0).to(device_);
+      x0 = to_device(batch.images.narrow(0, first, micro_batch));
+      x0 = at::where(flip.view({-1, 1, 1, 1}), x0.flip({3}), x0);
       if (autoencoder_ != nullptr) x0 = autoencoder_->encode(x0, posterior_noise);
     }
-    auto y = at::where(draws.drop, at::full_like(draws.t, config_.model.num_classes),
-                       batch.labels.narrow(0, first, micro_batch)).to(device_);
-    auto t = draws.t.to(device_);
-    auto noise = draws.noise.to(device_);
+    auto y = to_device(batch.labels.narrow(0, first, micro_batch))
+                 .masked_fill(to_device(draws.drop), config_.model.num_classes);
+    auto t = to_device(draws.t);
+    auto noise = to_device(draws.noise);
 
     GaussianDiffusion::Losses losses;
     at::Tensor aux_loss;

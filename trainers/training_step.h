@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <string>
@@ -13,6 +15,7 @@
 #include "data/dataset.h"
 #include "models/backbone.h"
 #include "src/config/experiment_config.h"
+#include "trainers/sample_draws.h"
 
 namespace torch::optim {
 class AdamW;
@@ -51,7 +54,9 @@ class TrainingStep {
                Communicator& communicator, bool with_ema, const AutoencoderStage* autoencoder = nullptr);
   ~TrainingStep();
 
-  // Step `step` (0-based) on this rank's shard of the global batch (CPU tensors).
+  // Step `step` (0-based) on this rank's shard of the global batch (CPU tensors; in page-locked
+  // memory they reach a GPU asynchronously). With data.prefetch > 0, the per-sample draws of
+  // step + 1 are drawn on a background thread meanwhile.
   StepResult run(int64_t step, const Batch& batch);
 
   Backbone& model() { return *model_; }
@@ -64,6 +69,8 @@ class TrainingStep {
  private:
   StepResult forward_backward(int64_t step, const Batch& batch);
   void clear_gradients();
+  // The draws of this rank's shard of `step`: prepared during the previous step, or drawn now.
+  SampleDraws draws_for(int64_t step);
 
   const ExperimentConfig config_;
   const TrainConfig& tc_;
@@ -80,6 +87,10 @@ class TrainingStep {
   std::unique_ptr<GaussianDiffusion> diffusion_;
   std::unique_ptr<GradReducer> reducer_;
   at::Tensor stop_flag_;  // > 0 when some rank was asked to stop (summed over ranks), on the device
+  std::function<SampleDraws(int64_t step)> draw_shard_;  // copies what it needs: safe on any thread
+  // Last, so that it is destroyed (joined) first.
+  std::future<SampleDraws> next_draws_;
+  int64_t next_draws_step_ = -1;
 };
 
 }  // namespace ditlab

@@ -139,7 +139,10 @@ int run_bench(int argc, char** argv) {
   Batch data;
   data.images = at::randn({batch, mc.in_channels, mc.input_size, mc.input_size});
   data.labels = at::randint(mc.num_classes, {batch}, at::TensorOptions().dtype(at::kLong));
-  if (device.is_cuda()) data.images = data.images.pin_memory();
+  if (device.is_cuda()) {  // as the training loader gives them
+    data.images = data.images.pin_memory();
+    data.labels = data.labels.pin_memory();
+  }
   spdlog::info("bench {} on {} ({}), batch {}, {}x{}x{}, {}, {} warm-up + {} timed {}",
                mc.name, device.str(), device_name, batch, mc.in_channels, mc.input_size,
                mc.input_size, precision, warmup, steps, sample_mode ? "sampling runs" : "steps");

@@ -158,12 +158,9 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   if (!std::filesystem::exists(weights)) {
     throw IoError(weights + " does not exist: dit eval needs a finished run (or one exported by a checkpoint)");
   }
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
-  const DistEnv dist_env = detect_dist_env();
-  const c10::Device device = select_device(config.train.device, dist_env);
-  Communicator communicator(dist_env, config.train.dist_backend,
-                            std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
-  if (!communicator.is_main()) spdlog::set_level(spdlog::level::warn);
+  const RankContext job = join_job(config.train);
+  const c10::Device device = job.device;
+  Communicator& communicator = *job.communicator;
   check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
   if (ec.num_samples <= ec.nearest_k) {
     throw ConfigError("eval.num_samples " + std::to_string(ec.num_samples) + " must exceed eval.nearest_k " +

@@ -8,12 +8,15 @@
 #include <cstdlib>
 #include <ctime>
 
+#include <spdlog/spdlog.h>
+
 #include "data/latent_cache.h"
 #include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
 #include "src/common/build_info.h"
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
+#include "src/distributed/communicator.h"
 #include "src/io/atomic_file.h"
 #include "src/io/checksum.h"
 
@@ -40,6 +43,16 @@ c10::Device select_device(const std::string& name) {
 c10::Device select_device(const std::string& name, const DistEnv& env) {
   const c10::Device device = select_device(name);
   return device.is_cuda() && !device.has_index() ? c10::Device(c10::kCUDA, env.local_rank) : device;
+}
+
+RankContext join_job(const TrainConfig& train) {
+  if (train.threads > 0) at::set_num_threads(static_cast<int>(train.threads));
+  const DistEnv env = detect_dist_env();
+  const c10::Device device = select_device(train.device, env);
+  auto communicator = std::make_shared<Communicator>(
+      env, train.dist_backend, std::chrono::seconds(train.dist_timeout_s), device.is_cuda());
+  if (!communicator->is_main()) spdlog::set_level(spdlog::level::warn);
+  return {device, std::move(communicator)};
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 #include <c10/core/Device.h>
 
+#include <memory>
 #include <string>
 
 #include "data/dataset.h"
@@ -11,10 +12,22 @@
 
 namespace ditlab {
 
+class Communicator;
+
 // "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"; a clear error otherwise.
 c10::Device select_device(const std::string& name);
 // The same for one rank of a job: "cuda" means the GPU of the rank's local index.
 c10::Device select_device(const std::string& name, const DistEnv& env);
+
+// One process's part in a job that may run on several ranks (dit train, encode, eval).
+struct RankContext {
+  c10::Device device;  // the rank's own GPU (its local index) for cuda
+  std::shared_ptr<Communicator> communicator;
+};
+// The opening of such a job: train.threads, the device and the process group from the launcher's
+// environment (one process on its own without one). Ranks other than 0 log only warnings from
+// here on: rank 0 reports for all of them.
+RankContext join_job(const TrainConfig& train);
 
 // config.model with input_size, in_channels and num_classes from the data (through the autoencoder stage:
 // the latents' size and channels) where the config left 0, and refuses values that contradict it.

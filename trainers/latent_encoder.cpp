@@ -159,12 +159,9 @@ EncodeSummary encode_dataset(const ExperimentConfig& config, const EncodeOptions
     throw ConfigError("dit encode needs an autoencoder: autoencoder.type kl and autoencoder.weights "
                       "(from dit train-vae, or diffusers' sd-vae-ft-ema/mse)");
   }
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
-  const DistEnv dist_env = detect_dist_env();
-  const c10::Device device = select_device(config.train.device, dist_env);
-  Communicator communicator(dist_env, config.train.dist_backend,
-                            std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
-  if (!communicator.is_main()) spdlog::set_level(spdlog::level::warn);
+  const RankContext job = join_job(config.train);
+  const c10::Device device = job.device;
+  Communicator& communicator = *job.communicator;
 
   auto data = make_dataset(config.data);
   if (data->latent_cache() != nullptr) {

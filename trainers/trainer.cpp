@@ -259,11 +259,9 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   // Complete the config from the device and the data before anything touches the disk.
   ExperimentConfig config = input_config;
   config.run.dir = expand_run_dir(config.run.dir);
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
-  const DistEnv dist_env = detect_dist_env();
-  const c10::Device device = select_device(config.train.device, dist_env);  // one GPU per rank
-  Communicator communicator(dist_env, config.train.dist_backend,
-                            std::chrono::seconds(config.train.dist_timeout_s), device.is_cuda());
+  const RankContext job = join_job(config.train);
+  const c10::Device device = job.device;
+  Communicator& communicator = *job.communicator;
   if (config.train.grad_reduce_dtype == "bf16" && !communicator.can_sum(at::kBFloat16)) {
     throw ConfigError("train.grad_reduce_dtype bf16: the " + communicator.backend() + " backend of "
                       "this LibTorch (" + compat::torch_version() + ") cannot sum bf16 tensors; "
@@ -312,9 +310,6 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                    communicator.env().master_port);
     }
   });
-  if (!communicator.is_main()) {
-    spdlog::set_level(spdlog::level::warn);  // rank 0 reports; the others only warn and fail
-  }
 
   Trainer trainer(config, dataset, device, communicator, resume_from.has_value());
   if (resume_from) trainer.restore(*resume_from);

@@ -16,6 +16,7 @@
 #include "src/common/progress.h"
 #include "src/io/directory_lock.h"
 #include "trainers/experiment.h"
+#include "trainers/step_means.h"
 
 namespace ditlab {
 
@@ -67,12 +68,10 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
 
   torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(cc.lr).weight_decay(1e-4));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(config.train.seed));
-  const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(config.train.log_every, cc.steps));
+  StepMeans window(config.train.log_every, cc.steps);
   ClassifierTrainSummary summary;
   summary.weights_path = weights_path;
   ProgressBar bar(cc.steps, "train-classifier", 0, log::stderr_is_terminal());
-  double window_loss = 0.0, window_correct = 0.0;
-  int64_t window = 0;
   model->train();
   for (int64_t step = 0; step < cc.steps; ++step) {
     // Cosine decay from lr to 0 over the run.
@@ -93,17 +92,13 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
-    window_loss += loss.item<double>();
-    window_correct += (logits.argmax(1) == labels).to(at::kDouble).mean().item<double>();
-    if (++window == log_every || step + 1 == cc.steps) {
-      const double mean_loss = window_loss / static_cast<double>(window);
-      if (summary.first_loss == 0.0) summary.first_loss = mean_loss;
-      summary.last_loss = mean_loss;
+    if (window.add(step, {loss, (logits.argmax(1) == labels).to(at::kDouble).mean()})) {
+      const auto means = window.take();  // cross-entropy, accuracy
+      if (summary.first_loss == 0.0) summary.first_loss = means[0];
+      summary.last_loss = means[0];
       bar.clear();
       spdlog::info("step {}/{}  cross-entropy {:.4f}  train accuracy {:.3f}  lr {:.2e}", step + 1, cc.steps,
-                   mean_loss, window_correct / static_cast<double>(window), lr);
-      window_loss = window_correct = 0.0;
-      window = 0;
+                   means[0], means[1], lr);
     }
     bar.update(step + 1);
   }

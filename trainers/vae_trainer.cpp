@@ -17,6 +17,7 @@
 #include "src/io/directory_lock.h"
 #include "src/io/image_grid.h"
 #include "trainers/experiment.h"
+#include "trainers/step_means.h"
 
 namespace ditlab {
 namespace {
@@ -90,13 +91,11 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   torch::optim::Adam optimizer(vae->parameters(), torch::optim::AdamOptions(tc.lr));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(config.train.seed));
   const bool l1 = tc.loss == "l1";
-  const int64_t log_every = std::max<int64_t>(1, std::min<int64_t>(config.train.log_every, tc.steps));
+  StepMeans window(config.train.log_every, tc.steps);
 
   VaeTrainSummary summary;
   summary.weights_path = weights_path;
   ProgressBar bar(tc.steps, "train-vae", 0, log::stderr_is_terminal());
-  double window_rec = 0.0, window_kl = 0.0;
-  int64_t window = 0;
   vae->train();
   for (int64_t step = 0; step < tc.steps; ++step) {
     auto indices = at::randint(trainable, {tc.batch_size}, generator, at::kLong);
@@ -110,17 +109,12 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
-    window_rec += rec.mean().item<double>();
-    window_kl += kl.item<double>();
-    if (++window == log_every || step + 1 == tc.steps) {
-      const double mean_rec = window_rec / static_cast<double>(window);
-      if (summary.first_loss == 0.0) summary.first_loss = mean_rec;
-      summary.last_loss = mean_rec;
+    if (window.add(step, {rec.mean(), kl})) {
+      const auto means = window.take();  // reconstruction per pixel, KL
+      if (summary.first_loss == 0.0) summary.first_loss = means[0];
+      summary.last_loss = means[0];
       bar.clear();
-      spdlog::info("step {}/{}  {} per pixel {:.4f}  kl {:.1f}", step + 1, tc.steps, tc.loss, mean_rec,
-                   window_kl / static_cast<double>(window));
-      window_rec = window_kl = 0.0;
-      window = 0;
+      spdlog::info("step {}/{}  {} per pixel {:.4f}  kl {:.1f}", step + 1, tc.steps, tc.loss, means[0], means[1]);
     }
     bar.update(step + 1);
   }

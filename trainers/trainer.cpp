@@ -8,6 +8,8 @@
 #include <csignal>
 #include <optional>
 
+#include <yaml-cpp/yaml.h>
+
 #include "data/prefetch_loader.h"
 #include "models/registry.h"
 #include "src/common/compat.h"
@@ -15,11 +17,14 @@
 #include "src/common/log.h"
 #include "src/common/peak_tflops.h"
 #include "src/common/progress.h"
+#include "src/common/text.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
 #include "src/distributed/grad_reducer.h"
 #include "src/io/directory_lock.h"
 #include "src/io/module_weights.h"
+#include "src/io/safetensors.h"
+#include "models/mup/parametrization.h"
 #include "trainers/checkpoint.h"
 #include "trainers/ema.h"
 #include "trainers/training_step.h"
@@ -34,6 +39,33 @@
 
 namespace ditlab {
 namespace {
+
+// The parametrization weights were trained under: the model section of the config a ditlab
+// .safetensors file embeds (only the keys that set the forward's multipliers, so that files of
+// older versions still read). Other files (official checkpoints) are the standard parametrization.
+ModelConfig parametrization_of(const std::string& path) {
+  ModelConfig model;
+  if (!ends_with(path, ".safetensors")) return model;
+  const auto metadata = map_safetensors(path).metadata;
+  const auto text = metadata.find("config");
+  if (text == metadata.end()) return model;
+  try {
+    const YAML::Node node = YAML::Load(text->second)["model"];
+    if (!node) return model;
+    model.hidden_size = node["hidden_size"].as<int64_t>(0);
+    model.num_heads = node["num_heads"].as<int64_t>(0);
+    if (const YAML::Node mup = node["mup"]) {
+      model.mup.enabled = mup["enabled"].as<bool>(false);
+      model.mup.base_width = mup["base_width"].as<int64_t>(0);
+      model.mup.base_num_heads = mup["base_num_heads"].as<int64_t>(0);
+      model.mup.output_mult = mup["output_mult"].as<double>(1.0);
+      model.mup.attn_mult = mup["attn_mult"].as<double>(0.0);
+    }
+  } catch (const YAML::Exception& e) {
+    throw IoError(path + ": its embedded config is not readable YAML (" + e.what() + ")");
+  }
+  return model;
+}
 
 // Everything one training run holds; run() is the loop.
 class Trainer {
@@ -141,6 +173,7 @@ class Trainer {
     const std::string& path = config.train.init_from;
     if (path.empty() || resuming) return model;
     auto weights = read_weights_file(path);
+    check_same_forward_multipliers(config.model, parametrization_of(path), "train.init_from " + path);
     auto kept = load_state_dict(*model, weights, "train.init_from " + path, /*allow_missing=*/true);
     std::string examples;
     for (size_t i = 0; i < kept.size() && i < 4; ++i) examples += (i ? ", " : "") + kept[i];

@@ -191,4 +191,41 @@ ModelConfig mup_base_config(const ModelConfig& config) {
   return base;
 }
 
+bool forward_is_standard(const ModelConfig& c) {
+  const MupConfig& m = c.mup;
+  if (!m.enabled) return true;
+  const bool same_heads = m.base_num_heads == 0 || m.base_num_heads == c.num_heads;
+  // attn_mult 0 means sqrt(base head_dim): at the base shape, SP's 1 / sqrt(head_dim).
+  const bool standard_logits =
+      m.attn_mult == 0.0 ||
+      (c.num_heads > 0 && m.attn_mult == std::sqrt(static_cast<double>(c.hidden_size / c.num_heads)));
+  return c.hidden_size == m.base_width && same_heads && m.output_mult == 1.0 && standard_logits;
+}
+
+namespace {
+std::string describe_parametrization(const ModelConfig& c) {
+  if (forward_is_standard(c)) return c.mup.enabled ? "µP at its base width (standard forward)" : "the standard parametrization";
+  std::ostringstream out;
+  out << "µP with base_width " << c.mup.base_width << ", base_num_heads " << c.mup.base_num_heads
+      << ", output_mult " << c.mup.output_mult << ", attn_mult " << c.mup.attn_mult << " at hidden_size "
+      << c.hidden_size;
+  return out.str();
+}
+}  // namespace
+
+void check_same_forward_multipliers(const ModelConfig& target, const ModelConfig& source,
+                                    const std::string& source_name) {
+  const bool target_standard = forward_is_standard(target), source_standard = forward_is_standard(source);
+  const MupConfig &a = target.mup, &b = source.mup;
+  const bool same = target_standard == source_standard &&
+                    (target_standard || (a.base_width == b.base_width && a.base_num_heads == b.base_num_heads &&
+                                         a.output_mult == b.output_mult && a.attn_mult == b.attn_mult));
+  if (same) return;
+  throw ConfigError(source_name + " was trained under " + describe_parametrization(source) +
+                    ", but this model is " + describe_parametrization(target) +
+                    ": µP's readout and attention multipliers are in the config, not in the tensors, so "
+                    "these weights would compute another function here. Use the model.mup settings "
+                    "the weights were trained with");
+}
+
 }  // namespace ditlab

@@ -44,6 +44,18 @@ std::vector<ParamWidth> width_table(const Backbone& model, const Backbone& base)
 // shapes and attention head sizes are read).
 void apply_mup(Backbone& model, const Backbone& base, const MupConfig& config);
 
+// Whether weights in a model of this config compute what they compute in the standard
+// parametrization: µP off, or µP at its own base width and heads with unit multipliers (where
+// every factor is 1).
+bool forward_is_standard(const ModelConfig& config);
+
+// µP's readout and attention multipliers live in the config, not in the tensors: weights trained
+// under `source` compute another function in a model of `target` unless both forwards are
+// standard or both have the same µP settings. Throws ConfigError naming `source_name` and both
+// settings otherwise (same-shape weights assumed: the widths are the same).
+void check_same_forward_multipliers(const ModelConfig& target, const ModelConfig& source,
+                                    const std::string& source_name);
+
 // The model config of the base model: hidden_size = mup.base_width, num_heads =
 // mup.base_num_heads (when set), µP off. Throws ConfigError when mup.base_width is missing.
 ModelConfig mup_base_config(const ModelConfig& config);

@@ -100,6 +100,18 @@ TEST_CASE("Skip-DiT trains on the shared trainer and starts from a DiT's weights
   auto bad = debug_config(dir / "bad", {"train.init_from=" + dit_run + "/model.safetensors",
                                         "model.hidden_size=32"});
   CHECK_THROWS_WITH(train(bad), Catch::Contains("train.init_from") && Catch::Contains("has shape"));
+  // Weights trained in SP, in a µP model of the same shapes but another base width, would
+  // compute another function (the multipliers are in the config): refused before any step.
+  auto mup = debug_config(dir / "mup", {"train.init_from=" + dit_run + "/model.safetensors", "model.depth=4",
+                                        "model.mup.enabled=true", "model.mup.base_width=32"});
+  CHECK_THROWS_WITH(train(mup), Catch::Contains("train.init_from") &&
+                                    Catch::Contains("the standard parametrization") &&
+                                    Catch::Contains("base_width 32"));
+  CHECK_FALSE(std::filesystem::exists(dir / "mup/checkpoints"));
+  // At its base width µP is SP: accepted.
+  CHECK_NOTHROW(train(debug_config(dir / "mup-base", {"train.init_from=" + dit_run + "/model.safetensors",
+                                                      "model.depth=4", "train.steps=2", "model.mup.enabled=true",
+                                                      "model.mup.base_width=64"})));
 }
 
 TEST_CASE("training is deterministic and independent of how the batch is split", "[trainer]") {

@@ -279,3 +279,41 @@ TEST_CASE("DiM's x_proj rows for B and C are initialised as a readout under µP"
   CHECK(at::equal(mup.narrow(0, 0, dt_rank), sp.narrow(0, 0, dt_rank)));
   CHECK(at::allclose(mup.narrow(0, dt_rank, 2 * d_state), sp.narrow(0, dt_rank, 2 * d_state) * 0.5));
 }
+
+TEST_CASE("weights move between parametrizations only where the forward multipliers agree", "[mup]") {
+  ModelConfig sp;
+  sp.name = "dit";
+  sp.hidden_size = 64;
+  sp.num_heads = 2;
+  ModelConfig at_base = sp;
+  at_base.mup.enabled = true;
+  at_base.mup.base_width = 64;
+  ModelConfig wide = sp;  // the same shapes, µP from a base of 32: readout x 1/2, other logits
+  wide.mup.enabled = true;
+  wide.mup.base_width = 32;
+  CHECK(forward_is_standard(sp));
+  CHECK(forward_is_standard(at_base));
+  CHECK_FALSE(forward_is_standard(wide));
+  // At its base shape with unit multipliers µP is SP; the explicit default attn_mult too.
+  at_base.mup.attn_mult = std::sqrt(32.0);  // sqrt(head_dim 64 / 2)
+  CHECK(forward_is_standard(at_base));
+  ModelConfig other_heads = at_base;
+  other_heads.mup.base_num_heads = 4;
+  CHECK_FALSE(forward_is_standard(other_heads));
+  ModelConfig scaled_readout = at_base;
+  scaled_readout.mup.output_mult = 2.0;
+  CHECK_FALSE(forward_is_standard(scaled_readout));
+
+  CHECK_NOTHROW(check_same_forward_multipliers(at_base, sp, "w.safetensors"));
+  CHECK_NOTHROW(check_same_forward_multipliers(sp, at_base, "w.safetensors"));
+  CHECK_NOTHROW(check_same_forward_multipliers(wide, wide, "w.safetensors"));
+  CHECK_THROWS_WITH(check_same_forward_multipliers(wide, sp, "w.safetensors"),
+                    Catch::Contains("w.safetensors was trained under the standard parametrization") &&
+                        Catch::Contains("base_width 32"));
+  CHECK_THROWS_WITH(check_same_forward_multipliers(sp, wide, "w.safetensors"),
+                    Catch::Contains("this model is the standard parametrization"));
+  ModelConfig other_base = wide;
+  other_base.mup.base_width = 16;
+  CHECK_THROWS_WITH(check_same_forward_multipliers(other_base, wide, "w.safetensors"),
+                    Catch::Contains("base_width 16") && Catch::Contains("base_width 32"));
+}

@@ -113,6 +113,9 @@ class Trainer {
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
     window_.from_tensors(c.trainer_state);
+    // Checkpoints from before the count was saved: a count of 0, as they resumed then.
+    const auto bad = c.trainer_state.find("bad_steps");
+    bad_steps_ = bad == c.trainer_state.end() ? 0 : bad->second.item<int64_t>();
     start_step_ = c.step;
     spdlog::info("resumed from step {} (epoch {})", c.step, loader_.sampler().epoch_of(c.step));
     if (c.step == tc_.steps) {
@@ -237,6 +240,8 @@ class Trainer {
     c.optimizer = adamw_state_tensors(step_.optimizer(), step_.trainable());
     c.trainer_state = window_.to_tensors();
     c.trainer_state["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+    // Skipped steps in a row: a resumed run stops where an uninterrupted one would.
+    c.trainer_state["bad_steps"] = at::scalar_tensor(bad_steps_, at::kLong);
     const auto& sampler = loader_.sampler();
     c.trainer_metadata = {{"step", std::to_string(step)},
                           {"epoch", std::to_string(sampler.epoch_of(step))},

@@ -147,6 +147,12 @@ TEST_CASE("non-finite steps are skipped, and too many in a row stop the run", "[
   auto good = load_latest_complete(dir / "run");
   REQUIRE(good.has_value());
   CHECK(good->step >= 1);
+  // It was written after two skipped steps, and says so: resumed, the run stops at the next
+  // step (the third in a row), as the uninterrupted run did, instead of counting from zero.
+  TrainOptions resume;
+  resume.resume = "auto";
+  CHECK_THROWS_WITH(train(config, resume), Catch::Contains("3 consecutive steps"));
+  CHECK(load_latest_complete(dir / "run")->step == good->step);
 }
 
 TEST_CASE("resume refuses unusable runs and sets newer checkpoints aside", "[resume]") {

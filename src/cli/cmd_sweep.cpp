@@ -3,10 +3,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
+#include <mutex>
+#include <sstream>
+#include <thread>
 
 #include "src/cli/args.h"
 #include "src/cli/commands.h"
@@ -39,19 +44,69 @@ bool run_step(const std::string& command, const std::string& log, const std::str
   return false;
 }
 
+// What one run's pipeline (train, then eval) ended with.
+enum class Outcome { kDone, kFailed, kInterrupted };
+
+// Trains and evaluates `run`, its output appended to its log. `env` prefixes both commands
+// (CUDA_VISIBLE_DEVICES=k with --devices).
+Outcome run_pipeline(const SweepSpec& spec, const SweepRun& run, const std::string& dit,
+                     const std::string& env, std::atomic<int>& failures) {
+  const std::string log = spec.dir + "/logs/" + run.name + ".log";
+  int failed = 0;
+  // Each run is its own process: its own log files, its own failure.
+  if (!run_step(env + train_command(spec, run, shell_quoted(dit)), log, run.name, "training", failed)) {
+    failures += failed;
+    return Outcome::kFailed;
+  }
+  // dit train exits 0 after a signal too (it checkpointed): an unfinished run means the sweep
+  // was interrupted, so it stops here and a second call resumes.
+  const int64_t step = finished_step(run.run_dir);
+  if (step < 0) {
+    spdlog::error("run {} stopped before its last step; stopping the sweep (run it again to resume)", run.name);
+    return Outcome::kInterrupted;
+  }
+  if (spec.eval && evaluated_step(run.run_dir) != step) {
+    run_step(env + eval_command(spec, run, shell_quoted(dit)), log, run.name, "evaluation", failed);
+  }
+  failures += failed;
+  return failed == 0 ? Outcome::kDone : Outcome::kFailed;
+}
+
+std::vector<std::string> comma_separated(const std::string& text) {
+  std::vector<std::string> out;
+  std::string item;
+  std::istringstream in(text);
+  while (std::getline(in, item, ',')) {
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos) {
+      throw UsageError("sweep: --devices takes GPU indices separated by commas (e.g. 0,1,2,3), got '" +
+                       text + "'");
+    }
+    out.push_back(item);
+  }
+  if (out.empty()) throw UsageError("sweep: --devices is empty");
+  return out;
+}
+
 }  // namespace
 
 int run_sweep(int argc, char** argv) {
   Args args("sweep",
             {{"config", "the sweep YAML (base, dir, overrides, grid, eval)"},
              {"print", "print each run's commands (for a cluster) instead of running them", false},
-             {"collect", "only collect the results of the runs into dir/results.{csv,md}", false}},
+             {"collect", "only collect the results of the runs into dir/results.{csv,md}", false},
+             {"jobs", "runs at once (default: one per --devices entry, else 1)"},
+             {"devices", "GPUs to spread the runs over, e.g. 0,1,2,3: each run sees one as "
+                         "CUDA_VISIBLE_DEVICES"}},
             argc, argv, 2);
   if (args.print_help_if_asked()) return 0;
   args.reject_overrides();
   const SweepSpec spec = read_sweep(args.require("config"));
   const std::vector<SweepRun> runs = expand_sweep(spec);
   const std::string dit = self_path(argv[0]);
+  const std::vector<std::string> devices =
+      args.has("devices") ? comma_separated(args.require("devices")) : std::vector<std::string>{};
+  const int64_t jobs = args.get_int("jobs", devices.empty() ? 1 : static_cast<int64_t>(devices.size()));
+  if (jobs < 1) throw UsageError("sweep: --jobs must be >= 1, got " + std::to_string(jobs));
   if (args.has("print")) {
     for (const auto& run : runs) {
       std::printf("%s\n", train_command(spec, run, dit).c_str());
@@ -59,30 +114,47 @@ int run_sweep(int argc, char** argv) {
     }
     return 0;
   }
-  int failures = 0;
+  std::atomic<int> failures{0};
+  bool interrupted = false;
   if (!args.has("collect")) {
     std::filesystem::create_directories(spec.dir + "/logs");
-    for (size_t i = 0; i < runs.size(); ++i) {
-      const auto& run = runs[i];
-      const std::string log = spec.dir + "/logs/" + run.name + ".log";
-      spdlog::info("run {}/{}: {} (log: {})", i + 1, runs.size(), run.name, log);
-      // Each run is its own process: its own log files, its own failure.
-      if (!run_step(train_command(spec, run, shell_quoted(dit)), log, run.name, "training", failures)) continue;
-      // dit train exits 0 after a signal too (it checkpointed): an unfinished run means the
-      // sweep was interrupted, so it stops here and a second call resumes.
-      const int64_t step = finished_step(run.run_dir);
-      if (step < 0) {
-        spdlog::error("run {} stopped before its last step; stopping the sweep (run it again to resume)", run.name);
-        return 1;
+    // Workers take the next run in grid order; worker w always uses device w mod |devices|. After
+    // an interruption (or a killed child) no new run starts; the running ones finish.
+    std::atomic<size_t> next{0};
+    std::atomic<bool> stop{false};
+    std::mutex error_mutex;
+    std::exception_ptr error;
+    auto worker = [&](int64_t w) {
+      const std::string device = devices.empty() ? "" : devices[static_cast<size_t>(w) % devices.size()];
+      const std::string env = device.empty() ? "" : "CUDA_VISIBLE_DEVICES=" + device + " ";
+      for (size_t i = next++; i < runs.size() && !stop; i = next++) {
+        const auto& run = runs[i];
+        spdlog::info("run {}/{}: {}{} (log: {}/logs/{}.log)", i + 1, runs.size(), run.name,
+                     device.empty() ? "" : " on GPU " + device, spec.dir, run.name);
+        try {
+          if (run_pipeline(spec, run, dit, env, failures) == Outcome::kInterrupted) stop = true;
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+          stop = true;
+        }
       }
-      if (spec.eval && evaluated_step(run.run_dir) != step) {
-        run_step(eval_command(spec, run, shell_quoted(dit)), log, run.name, "evaluation", failures);
-      }
+    };
+    const int64_t workers = std::min<int64_t>(jobs, static_cast<int64_t>(runs.size()));
+    if (workers == 1) {
+      worker(0);
+    } else {
+      std::vector<std::thread> threads;
+      for (int64_t w = 0; w < workers; ++w) threads.emplace_back(worker, w);
+      for (auto& t : threads) t.join();
     }
+    if (error) std::rethrow_exception(error);
+    interrupted = stop;
   }
+  if (interrupted) return 1;
   const SweepTable table = collect_sweep(spec, runs);
   write_sweep_table(spec, table);
-  spdlog::info("{} runs, {} failed; results in {}/results.csv and results.md", runs.size(), failures, spec.dir);
+  spdlog::info("{} runs, {} failed; results in {}/results.csv and results.md", runs.size(), failures.load(), spec.dir);
   return failures == 0 ? 0 : 1;
 }
 

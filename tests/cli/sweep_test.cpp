@@ -53,6 +53,30 @@ TEST_CASE("dit sweep trains and evaluates a grid and tabulates it", "[sweep][eva
   CHECK(read_file(dir / "runs/results.csv") == csv);
 }
 
+TEST_CASE("dit sweep --jobs runs several runs at once, with the results of one at a time", "[sweep]") {
+  TempDir dir("sweep-jobs");
+  const std::string source = ditlab::testing::source_dir();
+  auto write_sweep = [&](const std::string& name) {
+    std::ofstream(dir / (name + ".yaml"))
+        << "base: " << source << "/configs/debug/dit.yaml\n"
+        << "dir: " << dir.path() << "/" << name << "\n"
+        << "overrides: [train.steps=3, train.threads=1, sample.at_end=false]\n"
+        << "grid:\n  model.conditioning: [adaln_zero, adaln, in_context]\n";
+    return dit_binary() + " sweep --config " + (dir / (name + ".yaml"));
+  };
+  REQUIRE(run_command(write_sweep("serial"), dir / "serial.log") == 0);
+  // Three runs over two workers, each worker with its own GPU index (the runs here stay on the
+  // CPU; the variable is what they would see).
+  REQUIRE(run_command(write_sweep("parallel") + " --devices 5,7", dir / "parallel.log") == 0);
+  const std::string log = read_file(dir / "parallel.log");
+  CHECK_THAT(log, Catch::Contains("on GPU 5") && Catch::Contains("on GPU 7"));
+  // The same table: runs are deterministic and independent of what runs beside them.
+  CHECK(read_file(dir / "parallel/results.csv") == read_file(dir / "serial/results.csv"));
+  CHECK(run_command(write_sweep("bad") + " --devices 0,x", dir / "bad.log") == 2);
+  CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("--devices takes GPU indices"));
+  CHECK(run_command(write_sweep("bad") + " --jobs 0", dir / "bad.log") == 2);
+}
+
 TEST_CASE("plot_scaling.py fits a power law to a sweep's results", "[sweep][plots]") {
   TempDir dir("scaling-plot");
   // loss = 2 C^-0.05 and fid = 900 C^-0.1 over four compute budgets.

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "data/dataset.h"
 #include "data/latent_cache.h"
@@ -20,6 +21,7 @@
 #include "src/distributed/communicator.h"
 #include "src/io/atomic_file.h"
 #include "src/io/checksum.h"
+#include "src/io/directory_lock.h"
 #include "src/io/module_weights.h"
 #include "src/io/safetensors.h"
 #include "src/metrics/frechet_distance.h"
@@ -161,6 +163,11 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   const RankContext job = join_job(config.train);
   const c10::Device device = job.device;
   Communicator& communicator = *job.communicator;
+  // Rank 0 holds the run directory while it reads the weights and writes eval.json: not while a
+  // dit train (training it longer) or another dit eval uses it.
+  std::optional<DirectoryLock> run_dir_lock;
+  run_on_main_rank(communicator, device, "locking the run directory " + options.run_dir,
+                   [&] { run_dir_lock.emplace(options.run_dir, "dit eval"); });
   check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
   if (ec.num_samples <= ec.nearest_k) {
     throw ConfigError("eval.num_samples " + std::to_string(ec.num_samples) + " must exceed eval.nearest_k " +

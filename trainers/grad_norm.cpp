@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include "src/common/compat.h"
+
 namespace ditlab {
 
 at::Tensor clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
@@ -12,14 +14,10 @@ at::Tensor clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_
     if (p.grad().defined()) grads.push_back(p.grad());
   }
   if (grads.empty()) return at::zeros({});
-  std::vector<at::Tensor> norms;
-  norms.reserve(grads.size());
-  for (const auto& g : grads) norms.push_back(g.to(at::kFloat).norm());
-  auto total = at::stack(norms).norm();
-  if (max_norm > 0) {
-    auto factor = (max_norm / (total + 1e-6)).clamp_max(1.0);
-    for (auto& g : grads) g.mul_(factor.to(g.scalar_type()));
-  }
+  // Multi-tensor kernels: a loop of two launches per parameter costs milliseconds per step on a
+  // GPU (about 1400 launches for DiT-XL/2). The factor never leaves the device.
+  const at::Tensor total = at::stack(at::_foreach_norm(grads)).to(at::kFloat).norm();
+  if (max_norm > 0) compat::foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
   return total;
 }
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <sys/resource.h>
+
+#include <map>
 #include <torch/cuda.h>
 
 #ifdef DITLAB_WITH_CUDA
@@ -30,6 +32,17 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
   // [N, H, Tq, Dh] x [N, H, Dh, Tk] -> [N, H, Tq, Tk]
   auto weights = at::matmul(q * scale, k.transpose(-2, -1)).softmax(-1);
   return at::matmul(weights, v);  // [N, H, Tq, Dh]
+#endif
+}
+
+void foreach_mul_(const std::vector<at::Tensor>& tensors, const at::Tensor& factor) {
+#if DITLAB_TORCH_AT_LEAST(2, 1)
+  // The fused kernel wants one dtype per list, and the factor in it.
+  std::map<c10::ScalarType, std::vector<at::Tensor>> by_dtype;
+  for (const auto& t : tensors) by_dtype[t.scalar_type()].push_back(t);
+  for (auto& [dtype, list] : by_dtype) at::_foreach_mul_(list, factor.to(dtype));
+#else
+  for (const auto& t : tensors) t.mul_(factor.to(t.scalar_type()));
 #endif
 }
 

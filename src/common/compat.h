@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace ditlab::compat {
 
@@ -19,6 +20,10 @@ std::string torch_version();
 // (flash / memory-efficient) kernels; 1.13 has no public fused entry point, so it is spelled out.
 at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v, double scale);
+
+// tensors[i] *= factor (a 0-dim tensor on their device), without reading the factor back: one
+// multi-tensor kernel per dtype on LibTorch 2.1+ (_foreach_mul_ by a tensor), a loop before.
+void foreach_mul_(const std::vector<at::Tensor>& tensors, const at::Tensor& factor);
 
 // Mixed precision: turns autocast on for `device` with `dtype`, off again when destroyed.
 // A disabled guard does nothing, so callers need no branch.

@@ -87,8 +87,9 @@ class TrainingStep {
   std::unique_ptr<GaussianDiffusion> diffusion_;
   std::unique_ptr<GradReducer> reducer_;
   at::Tensor stop_flag_;  // > 0 when some rank was asked to stop (summed over ranks), on the device
-  std::function<SampleDraws(int64_t step)> draw_shard_;  // copies what it needs: safe on any thread
-  // Last, so that it is destroyed (joined) first.
+  // Copies what it needs, and the background task holds its own copy: the task depends on no
+  // member, so the order of destruction does not matter.
+  std::function<SampleDraws(int64_t step)> draw_shard_;
   std::future<SampleDraws> next_draws_;
   int64_t next_draws_step_ = -1;
 };

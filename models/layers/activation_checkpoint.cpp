@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/ivalue.h>
 #include <torch/autograd.h>
-#include <torch/custom_class.h>
 
 #include "src/common/compat.h"
 
@@ -75,7 +74,8 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
 at::Tensor checkpointed(const Recomputable& piece, const std::vector<at::Tensor>& inputs) {
   TORCH_CHECK(!inputs.empty() && inputs.front().defined(), "checkpointed: the first input must be a tensor");
   if (!at::GradMode::is_enabled()) return piece(inputs);
-  static const at::Tensor anchor = at::empty({0}).requires_grad_(true);
+  // Never destroyed: a static tensor's destructor could run after LibTorch's own at exit.
+  static const at::Tensor& anchor = *new at::Tensor(at::empty({0}).requires_grad_(true));
   std::vector<at::Tensor> present;
   std::vector<bool> defined;
   for (const auto& input : inputs) {

@@ -19,6 +19,9 @@ using Recomputable = std::function<at::Tensor(const std::vector<at::Tensor>&)>;
 // uses (accumulated by the recomputation's own backward) and every input that requires them;
 // inputs that do not (index tensors, constants) are passed through as they are. The
 // recomputation sees the autocast state of the forward. Without grad mode this is a plain call.
+// A parameter used by two checkpointed pieces gets its gradient in two nested backward passes,
+// so its gradient hooks fire twice (the overlapping all-reduce expects one: no backbone shares
+// parameters between blocks).
 at::Tensor checkpointed(const Recomputable& piece, const std::vector<at::Tensor>& inputs);
 
 }  // namespace ditlab

@@ -10,7 +10,6 @@
 #include <exception>
 #include <filesystem>
 #include <mutex>
-#include <sstream>
 #include <thread>
 
 #include "src/cli/args.h"
@@ -72,21 +71,6 @@ Outcome run_pipeline(const SweepSpec& spec, const SweepRun& run, const std::stri
   return failed == 0 ? Outcome::kDone : Outcome::kFailed;
 }
 
-std::vector<std::string> comma_separated(const std::string& text) {
-  std::vector<std::string> out;
-  std::string item;
-  std::istringstream in(text);
-  while (std::getline(in, item, ',')) {
-    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos) {
-      throw UsageError("sweep: --devices takes GPU indices separated by commas (e.g. 0,1,2,3), got '" +
-                       text + "'");
-    }
-    out.push_back(item);
-  }
-  if (out.empty()) throw UsageError("sweep: --devices is empty");
-  return out;
-}
-
 }  // namespace
 
 int run_sweep(int argc, char** argv) {
@@ -103,8 +87,10 @@ int run_sweep(int argc, char** argv) {
   const SweepSpec spec = read_sweep(args.require("config"));
   const std::vector<SweepRun> runs = expand_sweep(spec);
   const std::string dit = self_path(argv[0]);
-  const std::vector<std::string> devices =
-      args.has("devices") ? comma_separated(args.require("devices")) : std::vector<std::string>{};
+  const std::vector<int64_t> devices = args.get_int_list("devices", {});
+  for (int64_t d : devices) {
+    if (d < 0) throw UsageError("sweep: --devices takes GPU indices (>= 0), got " + std::to_string(d));
+  }
   const int64_t jobs = args.get_int("jobs", devices.empty() ? 1 : static_cast<int64_t>(devices.size()));
   if (jobs < 1) throw UsageError("sweep: --jobs must be >= 1, got " + std::to_string(jobs));
   if (args.has("print")) {
@@ -125,7 +111,8 @@ int run_sweep(int argc, char** argv) {
     std::mutex error_mutex;
     std::exception_ptr error;
     auto worker = [&](int64_t w) {
-      const std::string device = devices.empty() ? "" : devices[static_cast<size_t>(w) % devices.size()];
+      const std::string device =
+          devices.empty() ? "" : std::to_string(devices[static_cast<size_t>(w) % devices.size()]);
       const std::string env = device.empty() ? "" : "CUDA_VISIBLE_DEVICES=" + device + " ";
       for (size_t i = next++; i < runs.size() && !stop; i = next++) {
         const auto& run = runs[i];
@@ -145,7 +132,13 @@ int run_sweep(int argc, char** argv) {
       worker(0);
     } else {
       std::vector<std::thread> threads;
-      for (int64_t w = 0; w < workers; ++w) threads.emplace_back(worker, w);
+      try {
+        for (int64_t w = 0; w < workers; ++w) threads.emplace_back(worker, w);
+      } catch (...) {  // no thread for the rest: the started ones finish what they took
+        stop = true;
+        for (auto& t : threads) t.join();
+        throw;
+      }
       for (auto& t : threads) t.join();
     }
     if (error) std::rethrow_exception(error);

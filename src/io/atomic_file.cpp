@@ -1,9 +1,11 @@
 #include "src/io/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +21,16 @@ namespace {
   throw IoError("cannot " + what + " '" + path + "': " + std::strerror(errno));
 }
 
+// Fails as fail() does, after closing and removing the temporary file (keeping errno).
+[[noreturn]] void fail_removing(int fd, const std::string& what, const std::string& tmp,
+                                const std::string& path) {
+  const int error = errno;
+  if (fd >= 0) ::close(fd);
+  ::unlink(tmp.c_str());
+  errno = error;
+  fail(what, path);
+}
+
 void fsync_path(const std::string& path, int flags) {
   int fd = ::open(path.c_str(), flags);
   if (fd < 0) fail("open", path);
@@ -31,25 +43,24 @@ void fsync_path(const std::string& path, int flags) {
 void write_file_atomically(const std::string& path, const std::string& bytes) {
   fs::path target(path);
   if (target.has_parent_path()) fs::create_directories(target.parent_path());
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  // A name of its own: two processes writing the same file (parallel sweep runs caching the same
+  // reference statistics) must not write into one temporary file.
+  std::string tmp = path + ".tmp.XXXXXX";
+  int fd = ::mkstemp(tmp.data());
   if (fd < 0) fail("create", tmp);
+  if (::fchmod(fd, 0644) != 0) fail_removing(fd, "chmod", tmp, tmp);  // mkstemp makes it 0600
   size_t written = 0;
   while (written < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
     if (n < 0) {
       if (errno == EINTR) continue;
-      ::close(fd);
-      fail("write", tmp);
+      fail_removing(fd, "write", tmp, tmp);
     }
     written += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    ::close(fd);
-    fail("fsync", tmp);
-  }
+  if (::fsync(fd) != 0) fail_removing(fd, "fsync", tmp, tmp);
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename into", path);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail_removing(-1, "rename into", tmp, path);
   std::string dir = target.has_parent_path() ? target.parent_path().string() : ".";
   fsync_path(dir, O_RDONLY | O_DIRECTORY);
 }

@@ -4,8 +4,9 @@
 
 namespace ditlab {
 
-// Writes `bytes` to `path` through `path.tmp`, fsyncs it, renames it over `path` and fsyncs the
-// folder. Throws IoError naming the path on any failure.
+// Writes `bytes` to `path` through a temporary file of its own (`path.tmp.XXXXXX`, so that
+// concurrent writers of one path never share it), fsyncs it, renames it over `path` and fsyncs
+// the folder. Throws IoError naming the path on any failure, leaving no temporary file.
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
 // Reads a whole file; throws IoError naming the path if it cannot.

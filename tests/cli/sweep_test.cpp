@@ -73,6 +73,8 @@ TEST_CASE("dit sweep --jobs runs several runs at once, with the results of one a
   // The same table: runs are deterministic and independent of what runs beside them.
   CHECK(read_file(dir / "parallel/results.csv") == read_file(dir / "serial/results.csv"));
   CHECK(run_command(write_sweep("bad") + " --devices 0,x", dir / "bad.log") == 2);
+  CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("--devices"));
+  CHECK(run_command(write_sweep("bad") + " --devices 0,-1", dir / "bad.log") == 2);
   CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("--devices takes GPU indices"));
   CHECK(run_command(write_sweep("bad") + " --jobs 0", dir / "bad.log") == 2);
 }

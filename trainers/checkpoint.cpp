@@ -24,12 +24,6 @@ const std::vector<std::string> kFiles = {"model.safetensors", "ema.safetensors",
                                          "optimizer.safetensors", "trainer_state.safetensors",
                                          "config.yaml"};
 
-std::string step_name(int64_t step) {
-  char name[32];
-  std::snprintf(name, sizeof(name), "step-%08ld", static_cast<long>(step));
-  return name;
-}
-
 // The step of a complete checkpoint directory name ("step-00000100"), or -1.
 int64_t step_of(const std::string& name) {
   if (name.size() < 13 || name.size() > 23 || name.rfind("step-", 0) != 0) return -1;
@@ -74,6 +68,12 @@ void prune(const std::string& run_dir, int64_t keep, int64_t keep_every) {
 }
 
 }  // namespace
+
+std::string step_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step-%08ld", static_cast<long>(step));
+  return name;
+}
 
 std::string save_checkpoint(const std::string& run_dir, const Checkpoint& c, int64_t keep,
                             int64_t keep_every) {

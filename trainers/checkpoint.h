@@ -20,6 +20,9 @@
 
 namespace ditlab {
 
+// "step-00000100": the name of a step's checkpoint folder (and of its sample grid).
+std::string step_name(int64_t step);
+
 struct Checkpoint {
   int64_t step = 0;  // optimizer steps completed
   std::map<std::string, at::Tensor> model, ema, optimizer, trainer_state;

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <chrono>
+#include <filesystem>
 #include <csignal>
 #include <optional>
 
@@ -142,6 +143,12 @@ class Trainer {
       // A run ending inside a logging window logs it after the checkpoint, which keeps the window
       // open: a resumed run then logs exactly what one long run would have.
       if (last && !log_boundary) log(done, bar, summary);
+      // The last step's grid is samples.png (sample.at_end).
+      if (config_.sample.every > 0 && done % config_.sample.every == 0 && !last && communicator_.is_main()) {
+        bar.clear();
+        std::filesystem::create_directories(config_.run.dir + "/samples");
+        write_sample_grid(config_.run.dir + "/samples/" + step_name(done));
+      }
       if (stop_requested_ && !last) {
         if (!periodic) save(done);
         bar.finish();
@@ -261,15 +268,22 @@ class Trainer {
     save_weights(step_.model(), config_.run.dir + "/model.safetensors", metadata);
     save_weights(step_.ema()->shadow(), config_.run.dir + "/ema.safetensors", metadata);
     spdlog::info("saved model.safetensors and ema.safetensors");
-    if (!config_.sample.at_end) return;
+    if (config_.sample.at_end) write_sample_grid(config_.run.dir + "/samples");
+  }
+
+  // A grid (one row per class) from the EMA weights at `stem`.png (or .safetensors without
+  // OpenCV). Every grid of a run uses the same noise (sample.seed), so grids of successive
+  // steps show the model changing, not the noise; sampling draws from generators of its own,
+  // so training goes on exactly as without it. Rank 0 only.
+  void write_sample_grid(const std::string& stem) {
+#ifdef DITLAB_WITH_OPENCV
+    const std::string path = stem + ".png";
+#else
+    const std::string path = stem + ".safetensors";
+#endif
     auto labels = grid_labels(config_.model.num_classes, config_.sample.num_per_class);
     auto samples = generate_samples(step_.ema()->shadow(), config_.diffusion, config_.sample, labels, device_);
     if (autoencoder_) samples = autoencoder_->decode(samples.to(device_)).cpu();
-#ifdef DITLAB_WITH_OPENCV
-    const std::string path = config_.run.dir + "/samples.png";
-#else
-    const std::string path = config_.run.dir + "/samples.safetensors";
-#endif
     write_samples(path, samples, labels, config_.sample.num_per_class);
     spdlog::info("wrote {} (EMA weights, {} sampler, {} steps, guidance {})", path,
                  config_.sample.sampler, config_.sample.steps, config_.sample.cfg_scale);
@@ -314,7 +328,7 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   }
   auto dataset = make_dataset(config.data);
   config.model = resolve_model_config(model_config_for_data(config, *dataset));
-  if (config.sample.at_end) {
+  if (config.sample.at_end || config.sample.every > 0) {
     check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);
   }
 

@@ -109,6 +109,7 @@ struct SampleConfig {
   int64_t num_per_class = 8;
   int64_t seed = 0;
   bool at_end = true;  // draw a sample grid when training ends
+  int64_t every = 0;   // also every N steps during training (run.dir/samples/); 0 = never
 };
 
 // How `dit train-vae` trains an autoencoder (autoencoder.train.*).

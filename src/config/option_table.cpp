@@ -288,6 +288,8 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(sample.num_per_class), 1, kNoMax, "Samples per class in a grid"),
       int_option(FIELD(sample.seed), 0, kNoMax, "Sampling seed"),
       bool_option(FIELD(sample.at_end), "Write a sample grid when training ends"),
+      int_option(FIELD(sample.every), 0, kNoMax,
+                 "Also write a grid every N steps, to run.dir/samples/step-N (EMA, same noise each time); 0 = never"),
 
       string_option(FIELD(autoencoder.type), {"identity", "kl"},
                     "Between images and the backbone: identity (pixels) or kl (an AutoencoderKL's latents)"),

@@ -272,3 +272,25 @@ TEST_CASE("the logged TFLOP/s and MFU follow 6 x MACs per image at the logged im
   CHECK(tflops == Approx(6 * macs * images_per_sec / 1e12).epsilon(1e-4));
   CHECK(value_of(metrics[1], "mfu") == Approx(tflops / 0.5).epsilon(1e-4));
 }
+
+TEST_CASE("sample.every writes grids during training without changing the training", "[trainer]") {
+  TempDir dir("train");
+  const std::vector<std::string> common = {"train.steps=5", "sample.steps=2", "sample.num_per_class=1"};
+  auto with = common;
+  with.push_back("sample.every=2");
+  train(debug_config(dir / "plain", common));
+  train(debug_config(dir / "sampled", with));
+#ifdef DITLAB_WITH_OPENCV
+  const std::string ext = ".png";
+#else
+  const std::string ext = ".safetensors";
+#endif
+  CHECK(std::filesystem::exists(dir / ("sampled/samples/step-00000002" + ext)));
+  CHECK(std::filesystem::exists(dir / ("sampled/samples/step-00000004" + ext)));
+  CHECK_FALSE(std::filesystem::exists(dir / ("sampled/samples/step-00000005" + ext)));  // the last is at_end's
+  CHECK_FALSE(std::filesystem::exists(dir / "plain/samples"));
+  // Sampling draws from generators of its own: the weights are those of the run without it.
+  auto plain = read_safetensors(dir / "plain/ema.safetensors").tensors;
+  auto sampled = read_safetensors(dir / "sampled/ema.safetensors").tensors;
+  for (const auto& [name, t] : plain) CHECK(at::equal(t, sampled.at(name)));
+}

@@ -27,6 +27,7 @@
 #include "src/metrics/frechet_distance.h"
 #include "src/metrics/inception_score.h"
 #include "src/metrics/precision_recall.h"
+#include "trainers/checkpoint.h"
 #include "trainers/experiment.h"
 #include "trainers/sampling.h"
 
@@ -156,9 +157,15 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   if (options.weights != "ema" && options.weights != "model") {
     throw UsageError("--weights must be ema or model, got '" + options.weights + "'");
   }
-  const std::string weights = options.run_dir + "/" + options.weights + ".safetensors";
+  const bool of_checkpoint = options.checkpoint_step >= 0;
+  const std::string weights =
+      (of_checkpoint ? options.run_dir + "/checkpoints/" + step_name(options.checkpoint_step) : options.run_dir) +
+      "/" + options.weights + ".safetensors";
   if (!std::filesystem::exists(weights)) {
-    throw IoError(weights + " does not exist: dit eval needs a finished run (or one exported by a checkpoint)");
+    throw IoError(weights + (of_checkpoint ? " does not exist: --checkpoint takes the step of a checkpoint the run "
+                                             "kept (see checkpoint.keep and checkpoint.keep_every)"
+                                           : " does not exist: dit eval needs a finished run (or one exported "
+                                             "by a checkpoint)"));
   }
   const RankContext job = join_job(config.train);
   const c10::Device device = job.device;
@@ -247,7 +254,8 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
     }
     result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     result.json = "{\"run_dir\": " + json_quoted(options.run_dir) + ", \"weights\": " + json_quoted(options.weights) +
-                  ", \"step\": " + std::to_string(result.step) + ", \"features\": " + json_quoted(network->identity()) +
+                  ", \"step\": " + std::to_string(result.step) + ", \"checkpoint\": " +
+                  (of_checkpoint ? "true" : "false") + ", \"features\": " + json_quoted(network->identity()) +
                   ", \"num_samples\": " + std::to_string(n) + ", \"reference_images\": " +
                   std::to_string(result.reference_images) + ", \"sampler\": " + json_quoted(config.sample.sampler) +
                   ", \"sample_steps\": " + std::to_string(config.sample.steps) + ", \"cfg_scale\": " +
@@ -259,13 +267,15 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
                   json_value(result.training_flops) + ", \"seconds\": " + json_value(result.seconds) +
                   ", \"command\": " + json_quoted(options.command_line) + "}";
   }
-  run_on_main_rank(communicator, device, "writing " + options.run_dir + "/eval.json", [&] {
-    write_file_atomically(options.run_dir + "/eval.json", result.json + "\n");
+  const std::string written = options.run_dir + (of_checkpoint ? "/evals.jsonl" : "/eval.json");
+  run_on_main_rank(communicator, device, "writing " + written, [&] {
+    if (!of_checkpoint) write_file_atomically(options.run_dir + "/eval.json", result.json + "\n");
     std::ofstream history(options.run_dir + "/evals.jsonl", std::ios::app);
     history << result.json << "\n";
-    spdlog::info("FID {:.3f}  precision {:.3f}  recall {:.3f}  IS {}  accuracy {}  ({} samples, {:.0f} s) -> {}/eval.json",
-                 result.fid, result.precision, result.recall, json_value(result.inception_score),
-                 json_value(result.accuracy), n, result.seconds, options.run_dir);
+    if (!history.flush()) throw IoError("cannot append to " + options.run_dir + "/evals.jsonl");
+    spdlog::info("step {}: FID {:.3f}  precision {:.3f}  recall {:.3f}  IS {}  accuracy {}  ({} samples, {:.0f} s) -> {}",
+                 result.step, result.fid, result.precision, result.recall, json_value(result.inception_score),
+                 json_value(result.accuracy), n, result.seconds, written);
   });
   return result;
 }

@@ -3,10 +3,13 @@
 //      computed once per (feature network, dataset) and cached in eval.reference_dir.
 //   2. eval.num_samples images are sampled from the run's EMA weights with its sample.* settings,
 //      classes in turn, decoded by its autoencoder; under a launcher the ranks share the batches.
-//      Batch b is drawn with seed sample.seed + b, so the samples do not depend on the ranks.
+//      Sample i's noise is its own stream (sample.seed, i), so the samples depend neither on
+//      eval.batch_size nor on the ranks.
 //   3. FID (Fréchet distance of the features), precision and recall (k-NN manifolds), and where the
 //      network gives class probabilities the Inception Score and, for the classifier, the
 //      accuracy of the samples' classes, go to run_dir/eval.json (and a line of evals.jsonl).
+//      A kept checkpoint's weights (checkpoint_step) can be measured too: its line goes to
+//      evals.jsonl only, since eval.json describes the run's final weights (dit sweep reads it).
 #pragma once
 #include <cmath>
 #include <string>
@@ -18,6 +21,7 @@ namespace ditlab {
 struct EvalOptions {
   std::string run_dir;
   std::string weights = "ema";  // ema or model (the raw weights)
+  int64_t checkpoint_step = -1;  // >= 0: the weights of run_dir/checkpoints/step-N instead of the final ones
   std::string command_line;
 };
 

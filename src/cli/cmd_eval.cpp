@@ -13,6 +13,8 @@ int run_eval(int argc, char** argv) {
   Args args("eval",
             {{"run-dir", "a finished training run (config.yaml, ema.safetensors)"},
              {"weights", "ema (default) or model"},
+             {"checkpoint", "the step of a kept checkpoint to measure instead of the final weights "
+                            "(its line goes to evals.jsonl only)"},
              {"num-samples", "generated images (default eval.num_samples, 10000)"},
              {"cfg-scale", "classifier-free guidance scale (default: the run's sample.cfg_scale)"},
              {"sampler", "ddpm or ddim (default: the run's sample.sampler)"},
@@ -24,6 +26,10 @@ int run_eval(int argc, char** argv) {
   EvalOptions options;
   options.run_dir = args.require("run-dir");
   options.weights = args.get_or("weights", "ema");
+  options.checkpoint_step = args.get_int("checkpoint", -1);
+  if (args.has("checkpoint") && options.checkpoint_step < 0) {
+    throw UsageError("dit eval: --checkpoint takes a step (>= 0), got " + args.require("checkpoint"));
+  }
   options.command_line = joined_command_line(argc, argv);
   ExperimentConfig config;
   const std::string config_path = options.run_dir + "/config.yaml";

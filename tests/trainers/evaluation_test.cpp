@@ -29,7 +29,8 @@ TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a r
   CHECK_THROWS_WITH(train_classifier(classifier_config, "test"), Catch::Contains("already holds a classifier"));
 
   train(load_experiment_config(ditlab::testing::source_dir() + "/configs/debug/dit.yaml",
-                               {"run.dir=" + dir / "run", "train.steps=10", "sample.at_end=false"}));
+                               {"run.dir=" + dir / "run", "train.steps=10", "checkpoint.every=5",
+                                "sample.at_end=false"}));
   ExperimentConfig config = load_experiment_config(dir / "run/config.yaml");
   apply_overrides(config, {"eval.classifier=" + classifier.weights_path, "eval.reference_dir=" + dir / "reference",
                            "eval.num_samples=60", "eval.batch_size=30", "sample.steps=3"});
@@ -53,6 +54,19 @@ TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a r
   CHECK(second.precision == first.precision);
   std::ifstream history(dir / "run/evals.jsonl");
   CHECK(std::count(std::istreambuf_iterator<char>(history), {}, '\n') == 2);
+  // A kept checkpoint's weights: their own step and FID, a line of evals.jsonl, eval.json untouched.
+  options.checkpoint_step = 5;
+  const EvalResult at_five = evaluate_run(config, options);
+  CHECK(at_five.step == 5);
+  CHECK(at_five.fid != first.fid);
+  CHECK_THAT(read_file(dir / "run/eval.json"), Catch::Contains("\"step\": 10, \"checkpoint\": false"));
+  const std::string lines = read_file(dir / "run/evals.jsonl");
+  CHECK(std::count(lines.begin(), lines.end(), '\n') == 3);
+  CHECK_THAT(lines, Catch::Contains("\"step\": 5, \"checkpoint\": true"));
+  options.checkpoint_step = 7;
+  CHECK_THROWS_WITH(evaluate_run(config, options), Catch::Contains("checkpoints/step-00000007/ema.safetensors") &&
+                                                       Catch::Contains("checkpoint.keep"));
+  options.checkpoint_step = -1;
   // It is the cached file that is read: shifting its mean raises the FID by |shift|^2.
   const std::string cached = std::filesystem::directory_iterator(dir / "reference")->path().string();
   auto file = read_safetensors(cached);

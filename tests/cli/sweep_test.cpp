@@ -102,3 +102,29 @@ TEST_CASE("plot_scaling.py fits a power law to a sweep's results", "[sweep][plot
   CHECK(std::filesystem::exists(dir / "scaling_loss.png"));
   CHECK(std::filesystem::exists(dir / "scaling_fid.png"));
 }
+
+TEST_CASE("plot_metrics.py --evals plots a run's FID over training from evals.jsonl", "[plots]") {
+  TempDir dir("evals-plot");
+  std::ofstream evals(dir / "evals.jsonl");
+  auto line = [&](int step, double fid, int samples) {
+    evals << "{\"weights\": \"ema\", \"step\": " << step << ", \"features\": \"classifier-1\", \"num_samples\": "
+          << samples << ", \"reference_images\": 100, \"sampler\": \"ddim\", \"sample_steps\": 20, "
+          << "\"cfg_scale\": 3, \"fid\": " << fid << "}\n";
+  };
+  line(200, 40.0, 500);
+  line(100, 55.0, 500);
+  line(100, 99.0, 50);  // other settings: not comparable, left out
+  line(300, 30.0, 500);
+  evals.close();
+  REQUIRE(run_command("/usr/bin/python3 " + ditlab::testing::source_dir() + "/scripts/plot_metrics.py " + dir.path() +
+                          " --evals",
+                      dir / "plot.log") == 0);
+  const std::string log = read_file(dir / "plot.log");
+  INFO(log);
+  CHECK_THAT(log, Catch::Contains("fid at steps 100 55, 200 40, 300 30"));
+  CHECK(std::filesystem::exists(dir / "fid.png"));
+  CHECK(run_command("/usr/bin/python3 " + ditlab::testing::source_dir() + "/scripts/plot_metrics.py " + (dir / "none") +
+                        " --evals",
+                    dir / "none.log") != 0);
+  CHECK_THAT(read_file(dir / "none.log"), Catch::Contains("evals.jsonl: not found"));
+}

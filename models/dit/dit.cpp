@@ -248,7 +248,7 @@ at::Tensor DiT::run_blocks(at::Tensor tokens, const at::Tensor& cond) {
 
 at::Tensor DiT::run_block(int64_t i, const at::Tensor& x, const at::Tensor& cond) {
   auto* block = blocks->ptr(i)->as<DiTBlockImpl>();
-  if (options_.checkpoint_blocks && is_training() && at::GradMode::is_enabled()) {
+  if (options_.checkpoint_blocks && is_training()) {
     return checkpointed([block](const std::vector<at::Tensor>& in) { return block->forward(in[0], in[1]); },
                         {x, cond});
   }

@@ -219,7 +219,7 @@ BackboneOutput UDiT::forward(const at::Tensor& x, const at::Tensor& t, const at:
   auto c1 = t_embedder_1->forward(t) + y_embedder_1->forward(y);
   auto c2 = t_embedder_2->forward(t) + y_embedder_2->forward(y);
   auto c3 = t_embedder_3->forward(t) + y_embedder_3->forward(y);
-  const bool recompute = options_.checkpoint_blocks && is_training() && at::GradMode::is_enabled();
+  const bool recompute = options_.checkpoint_blocks && is_training();
   auto run = [recompute](const torch::nn::ModuleList& blocks, at::Tensor h, const at::Tensor& c) {
     for (const auto& module : *blocks) {
       auto* block = module->as<UDiTBlockImpl>();

@@ -12,7 +12,7 @@ log=${LOG_DIR:-${OUT:-/tmp/cuda-check}}
 mkdir -p "$log"
 deadline=$((SECONDS + ${BUDGET_S:-520}))
 left() { echo $((deadline - SECONDS)); }
-stages=${STAGES:-build nccl bench extra tests}  # a subset reruns part of the pass
+stages=${STAGES:-build nccl bench graph extra tests}  # a subset reruns part of the pass
 want() { [[ " $stages " == *" $1 "* ]]; }
 stage() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$log/summary.txt"; }
 
@@ -60,6 +60,31 @@ for spec in "DiT-XL/2 64" "DiT-B/2 256" "DiT-S/2 256"; do
   bench "pytorch-eager $1 b$2" 90 python3 $ref --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
 done
 bench "pytorch-compile DiT-B/2 b256" 150 python3 $ref --model DiT-B/2 --batch 256 --steps 10 --warmup 3 --device cuda --precision bf16 --compile
+if want graph; then
+stage "CUDA graphs: same training with and without, then S/2 and B/2 timed both ways"
+for g in false true; do
+  rm -rf /tmp/graph-$g
+  timeout 120 "$dit" train --config configs/debug/dit.yaml train.device=cuda train.precision=bf16 \
+    train.steps=60 train.log_every=20 train.cuda_graph=$g data.path=.deps/data/fashion-mnist \
+    data.split=test sample.at_end=false run.dir=/tmp/graph-$g >"$log/graph_train_$g.txt" 2>&1
+  echo "train cuda_graph=$g: exit $?" | tee -a "$log/summary.txt"
+done
+python3 - "$log" <<'PY' 2>&1 | tee -a "$log/summary.txt"
+import json, sys
+runs = {g: [json.loads(l) for l in open(f"/tmp/graph-{g}/metrics.jsonl")] for g in ("false", "true")}
+for a, b in zip(runs["false"], runs["true"]):
+    print(f"step {a['step']}: loss eager {a['loss']:.5f} graph {b['loss']:.5f} "
+          f"(rel diff {abs(a['loss'] - b['loss']) / abs(a['loss']):.1e}); img/s {a['images_per_sec']:.0f} -> {b['images_per_sec']:.0f}")
+PY
+for spec in "DiT-S/2 256" "DiT-S/2 32" "DiT-B/2 256"; do
+  set -- $spec
+  bench "ditlab $1 b$2 eager" 60 "$dit" bench --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
+  bench "ditlab $1 b$2 graph" 90 "$dit" bench --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16 train.cuda_graph=true
+done
+bench "pytorch-eager DiT-S/2 b32" 60 python3 $ref --model DiT-S/2 --batch 32 --steps 10 --warmup 3 --device cuda --precision bf16
+grep '"label": "ditlab DiT-[SB]/2 b[0-9]* \(eager\|graph\)\|b32' "$log/bench.jsonl" >>"$log/summary.txt" 2>/dev/null
+fi
+
 want extra && bench "ditlab DiT-XL/2 b64 fp32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
 want extra && bench "ditlab DiT-XL/2 b256 checkpointed" 90 "$dit" bench --model DiT-XL/2 --batch 256 --steps 3 --warmup 1 --device cuda --precision bf16 model.checkpoint_blocks=true
 want extra && bench "ditlab sample DiT-XL/2 b64" 60 "$dit" bench --sample --model DiT-XL/2 --batch 64 --steps 1 --device cuda sample.steps=50

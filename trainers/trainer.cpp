@@ -110,6 +110,7 @@ class Trainer {
     load_state_dict(step_.model(), c.model, source + " (model)");
     if (step_.ema()) load_state_dict(step_.ema()->shadow(), c.ema, source + " (ema)");
     load_adamw_state(step_.optimizer(), step_.trainable(), c.optimizer, source + " (optimizer)");
+    step_.optimizer_state_changed();
     // The checkpoint is read by every rank from the same file; nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
@@ -132,19 +133,32 @@ class Trainer {
     ProgressBar bar(tc_.steps, "train", start_step_, communicator_.is_main());
     const auto start = std::chrono::steady_clock::now();
     step_.model().train();
+    // A step's flags (skipped? stop?) are read while the device runs the next step, so that the
+    // host never waits for the device inside a step; where the loop needs them at once (a log
+    // line, a checkpoint, a grid, a stop, the end) the step is settled right away.
+    std::optional<std::pair<int64_t, StepResult>> unsettled;
+    auto settle = [&] {
+      if (!unsettled) return;
+      update(unsettled->first, unsettled->second);
+      unsettled.reset();
+    };
     for (int64_t step = start_step_; step < tc_.steps; ++step) {
-      update(step, step_.run(step, loader_.batch_for_step(step)));
+      StepResult result = step_.run(step, loader_.batch_for_step(step));
+      settle();
+      unsettled.emplace(step, std::move(result));
 
       const int64_t done = summary.steps = step + 1;
       const bool log_boundary = done % tc_.log_every == 0, last = done == tc_.steps;
       const bool periodic = config_.checkpoint.every > 0 && done % config_.checkpoint.every == 0;
+      const bool grid = config_.sample.every > 0 && done % config_.sample.every == 0 && !last;
+      if (log_boundary || last || periodic || grid || stop_requested_) settle();
       if (log_boundary) log(done, bar, summary);
       if (periodic || last) save(done);
       // A run ending inside a logging window logs it after the checkpoint, which keeps the window
       // open: a resumed run then logs exactly what one long run would have.
       if (last && !log_boundary) log(done, bar, summary);
       // The last step's grid is samples.png (sample.at_end).
-      if (config_.sample.every > 0 && done % config_.sample.every == 0 && !last && communicator_.is_main()) {
+      if (grid && communicator_.is_main()) {
         bar.clear();
         std::filesystem::create_directories(config_.run.dir + "/samples");
         write_sample_grid(config_.run.dir + "/samples/" + step_name(done));
@@ -195,8 +209,8 @@ class Trainer {
 
   // Counts skipped (non-finite) steps; too many in a row stop the run.
   void update(int64_t step, const StepResult& result) {
-    stop_requested_ = result.stop_requested;
-    if (!result.applied) {
+    stop_requested_ = result.stop_requested();
+    if (!result.applied()) {
       spdlog::warn("step {}: non-finite loss or gradient; update skipped ({} in a row)", step + 1,
                    ++bad_steps_);
       if (bad_steps_ >= tc_.max_bad_steps) {

@@ -9,14 +9,15 @@
 #include "models/registry.h"
 #include "models/vae/autoencoder_stage.h"
 #include "src/common/compat.h"
+#include "src/common/cuda_graph.h"
 #include "src/common/error.h"
 #include "src/diffusion/gaussian_diffusion.h"
 #include "src/diffusion/noise_schedule.h"
 #include "src/distributed/communicator.h"
 #include "src/distributed/grad_reducer.h"
+#include "trainers/device_adamw.h"
 #include "trainers/ema.h"
 #include "trainers/grad_norm.h"
-#include "trainers/multi_tensor_adamw.h"
 #include "trainers/stop_signal.h"
 
 namespace ditlab {
@@ -90,17 +91,38 @@ TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backb
     it->second.push_back(p);
   }
   std::vector<torch::optim::OptimizerParamGroup> groups;
+  std::vector<double> group_lr_multipliers;  // per optimizer group: µP's lr multiplier
   for (const auto& [scaling, params] : grouped) {
     auto group_options = std::make_unique<torch::optim::AdamWOptions>(options);
     group_options->weight_decay(tc_.weight_decay * scaling.weight_decay);
     groups.emplace_back(params, std::move(group_options));
-    group_lr_multipliers_.push_back(scaling.lr);
+    group_lr_multipliers.push_back(scaling.lr);
   }
   optimizer_ = std::make_unique<torch::optim::AdamW>(std::move(groups), options);
+  adamw_ = std::make_unique<DeviceAdamW>(*optimizer_, std::move(group_lr_multipliers), device_);
   diffusion_ = std::make_unique<GaussianDiffusion>(
       make_betas(config_.diffusion.schedule, config_.diffusion.steps, config_.diffusion.beta_start,
                  config_.diffusion.beta_end),
       config_.model.learn_sigma);
+  diffusion_->to(device_);
+  const auto float_on_device = at::TensorOptions().dtype(at::kFloat).device(device_);
+  stop_input_ = at::zeros({}, float_on_device);
+  ema_weight_ = at::zeros({}, float_on_device);
+  if (tc_.cuda_graph) {
+    auto refuse = [](const std::string& why) { throw ConfigError("train.cuda_graph: " + why); };
+    if (!device_.is_cuda()) refuse("a CUDA graph records GPU work; this run is on " + device_.str());
+    if (communicator_.distributed()) {
+      refuse("the graph records one GPU's step; with " + std::to_string(communicator_.world_size()) +
+             " ranks the gradient all-reduce would have to be recorded too (not supported)");
+    }
+    if (!adamw_->on_device()) {
+      refuse("the recorded step needs the fused AdamW of LibTorch 2.4+; this is " + compat::torch_version());
+    }
+    if (config_.model.name.rfind("dit-moe", 0) == 0 || config_.model.name.rfind("DiT-MoE", 0) == 0) {
+      refuse("dit-moe routes tokens with shapes that depend on the data, which a graph cannot record");
+    }
+    graph_ = std::make_unique<CudaGraph>(device_);
+  }
   reducer_ = std::make_unique<GradReducer>(
       trainable_tensors_, communicator_,
       GradReducerOptions{tc_.grad_bucket_mb << 20,
@@ -137,28 +159,116 @@ SampleDraws TrainingStep::draws_for(int64_t step) {
 
 TrainingStep::~TrainingStep() = default;
 
+namespace {
+
+// `target` = `source` on the device: a new tensor where `target` is undefined, else into its
+// memory (the inputs a recorded step reads).
+void copy_into(at::Tensor& target, const at::Tensor& source, c10::Device device) {
+  if (!source.defined()) return;
+  if (!target.defined()) {
+    target = source.to(device, /*non_blocking=*/true);
+  } else {
+    target.copy_(source, /*non_blocking=*/true);
+  }
+}
+
+StepResult cloned(const StepResult& r) {
+  StepResult out;
+  out.loss = r.loss.clone();
+  out.mse = r.mse.clone();
+  out.vb = r.vb.clone();
+  out.grad_norm = r.grad_norm.clone();
+  for (const auto& [name, value] : r.extras) out.extras[name] = value.clone();
+  out.flags = r.flags.clone();
+  return out;
+}
+
+// Eager steps before the capture: libraries initialise, workspaces and the optimizer's state are
+// allocated, outside the recording.
+constexpr int64_t kGraphWarmupSteps = 2;
+
+}  // namespace
+
 StepResult TrainingStep::run(int64_t step, const Batch& batch) {
-  StepResult result = forward_backward(step, batch);
-  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite. The
-  // finiteness and the stop flag come back in one read: the step's only host synchronisation.
+  // What changes from step to step besides the inputs: queued writes into the tensors the step
+  // reads, so that a recorded step reads this step's values.
+  stop_input_.fill_(StopSignals::requested() != 0 ? 1.0 : 0.0);
+  adamw_->set_lr(learning_rate_at(tc_, step));
+  if (ema_) {
+    ema_decay_ = Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup);
+    ema_weight_.fill_(1.0 - ema_decay_);
+  }
+  StepResult result;
+  if (!graph_) {
+    StepInputs inputs;
+    stage_inputs(step, batch, inputs);
+    result = device_step(inputs);
+  } else {
+    stage_inputs(step, batch, graph_inputs_);  // into the tensors the recorded step reads
+    auto body = [this] { graph_outputs_ = device_step(graph_inputs_); };
+    if (eager_steps_ < kGraphWarmupSteps) {
+      graph_->warm_up(body);
+      ++eager_steps_;
+    } else {
+      if (!graph_->captured()) {
+        try {
+          graph_->capture(body);
+        } catch (const c10::Error& e) {
+          throw Error(std::string("train.cuda_graph: the step could not be recorded as a CUDA "
+                                  "graph (run without it): ") + e.what_without_backtrace());
+        }
+      }
+      graph_->replay();
+    }
+    // The next replay overwrites the outputs; the caller reads them later.
+    result = cloned(graph_outputs_);
+  }
+  result.flags_on_host = HostCopy(result.flags);
+  return result;
+}
+
+bool TrainingStep::replaying() const { return graph_ && graph_->captured(); }
+
+torch::optim::AdamW& TrainingStep::optimizer() {
+  adamw_->sync_to_host();
+  return *optimizer_;
+}
+
+void TrainingStep::optimizer_state_changed() {
+  if (replaying()) throw Error("the optimizer's state cannot change once the step is recorded (train.cuda_graph)");
+  adamw_->reload();
+}
+
+// This rank's shard on the device: one copy per tensor (asynchronous from page-locked memory);
+// the micro-batches are views of it.
+void TrainingStep::stage_inputs(int64_t step, const Batch& batch, StepInputs& inputs) {
+  copy_into(inputs.images, batch.images, device_);
+  copy_into(inputs.cached_latents, batch.cached_latents, device_);
+  copy_into(inputs.labels, batch.labels, device_);
+  const SampleDraws draws = draws_for(step);
+  copy_into(inputs.draws.t, draws.t, device_);
+  copy_into(inputs.draws.noise, draws.noise, device_);
+  copy_into(inputs.draws.drop, draws.drop, device_);
+  copy_into(inputs.draws.flip, draws.flip, device_);
+  copy_into(inputs.draws.posterior_noise, draws.posterior_noise, device_);
+}
+
+StepResult TrainingStep::device_step(const StepInputs& inputs) {
+  StepResult result = forward_backward(inputs);
+  // Clip, then step the optimizer and the EMA, unless the loss or gradient is not finite: the
+  // decision is a device tensor that the update reads.
   result.grad_norm = clip_grad_norm(trainable_tensors_, tc_.grad_clip);
-  const at::Tensor flags =
-      at::stack({at::isfinite(result.loss) & at::isfinite(result.grad_norm), stop_flag_ > 0})
-          .to(at::kCPU);
-  result.stop_requested = flags[1].item<bool>();
-  if (!flags[0].item<bool>()) {
-    clear_gradients();
-    return result;
+  const at::Tensor finite = at::isfinite(result.loss) & at::isfinite(result.grad_norm);
+  adamw_->step(finite.logical_not().to(at::kFloat));
+  if (ema_ && device_.is_cpu()) {
+    // On a CPU the flag costs nothing to read, and the two-pass update is the cheaper one.
+    if (finite.item<bool>()) ema_->update(*model_, ema_decay_);
+  } else if (ema_) {
+    std::vector<at::Tensor> gradients;  // no longer needed: the EMA's scratch
+    for (const auto& p : trainable_tensors_) gradients.push_back(p.grad());
+    ema_->update(*model_, ema_weight_ * finite.to(at::kFloat), gradients);
   }
-  result.applied = true;
-  // The schedule scales each group's own multiplier (µP), never overwrites it.
-  const double lr = learning_rate_at(tc_, step);
-  auto& param_groups = optimizer_->param_groups();
-  for (size_t g = 0; g < param_groups.size(); ++g) {
-    static_cast<torch::optim::AdamWOptions&>(param_groups[g].options()).lr(lr * group_lr_multipliers_[g]);
-  }
-  multi_tensor_adamw_step(*optimizer_);
-  if (ema_) ema_->update(*model_, Ema::decay_at(step, tc_.ema_decay, tc_.ema_warmup));
+  result.flags = at::stack({finite, stop_flag_ > 0});
   return result;
 }
 
@@ -168,54 +278,50 @@ void TrainingStep::clear_gradients() {
   for (auto& p : trainable_tensors_) p.mutable_grad().reset();
 }
 
-// Forward and backward over every micro-batch of this rank's shard of the global batch of
-// `step`, then the gradient sum over ranks. Copies to the device are asynchronous from
-// page-locked memory (and ordinary copies otherwise); flips and label drops happen on the device.
-StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
+// Forward and backward over every micro-batch of this rank's shard of the global batch, then
+// the gradient sum over ranks. Flips and label drops happen on the device.
+StepResult TrainingStep::forward_backward(const StepInputs& inputs) {
   clear_gradients();
   const int64_t per_rank = tc_.global_batch_size / communicator_.world_size();
   const int64_t micro_batch = per_rank / tc_.grad_accum_steps;
   // A cache of one posterior sample per image has nothing left to sample.
-  const bool cached = batch.cached_latents.defined();
+  const bool cached = inputs.cached_latents.defined();
   if (cached && autoencoder_ == nullptr) {
     throw ConfigError("a latent cache (data.name latents) needs its autoencoder: autoencoder.type kl");
   }
   const bool posterior = autoencoder_ != nullptr && autoencoder_->samples_posterior() &&
-                         (!cached || batch.cached_latents.size(2) == 2);
-  auto to_device = [&](const at::Tensor& t) { return t.to(device_, /*non_blocking=*/true); };
-  const SampleDraws shard_draws = draws_for(step);
+                         (!cached || inputs.cached_latents.size(2) == 2);
   StepResult sums;
   sums.loss = at::zeros({}, device_);
   sums.mse = at::zeros({}, device_);
   sums.vb = at::zeros({}, device_);
   for (int64_t micro = 0; micro < tc_.grad_accum_steps; ++micro) {
     const int64_t first = micro * micro_batch;  // within this rank's shard
-    const SampleDraws draws = slice_draws(shard_draws, first, micro_batch);
-    const at::Tensor posterior_noise = posterior ? to_device(draws.posterior_noise) : at::Tensor();
-    const at::Tensor flip = to_device(draws.flip);
+    const SampleDraws draws = slice_draws(inputs.draws, first, micro_batch);
+    const at::Tensor posterior_noise = posterior ? draws.posterior_noise : at::Tensor();
+    const at::Tensor& flip = draws.flip;
     at::Tensor x0;
     if (cached) {  // the flip picks the mirrored image's latents; the stage scales and samples
-      auto entries = to_device(batch.cached_latents.narrow(0, first, micro_batch));
+      auto entries = inputs.cached_latents.narrow(0, first, micro_batch);
       auto chosen = at::where(flip.view({-1, 1, 1, 1, 1}), entries.select(1, entries.size(1) - 1),
                               entries.select(1, 0));
       x0 = autoencoder_->latents_from(chosen.select(1, 0),
                                       chosen.size(1) == 2 ? chosen.select(1, 1) : at::Tensor(),
                                       posterior_noise);
     } else {
-      x0 = to_device(batch.images.narrow(0, first, micro_batch));
+      x0 = inputs.images.narrow(0, first, micro_batch);
       x0 = at::where(flip.view({-1, 1, 1, 1}), x0.flip({3}), x0);
       if (autoencoder_ != nullptr) x0 = autoencoder_->encode(x0, posterior_noise);
     }
-    auto y = to_device(batch.labels.narrow(0, first, micro_batch))
-                 .masked_fill(to_device(draws.drop), config_.model.num_classes);
-    auto t = to_device(draws.t);
-    auto noise = to_device(draws.noise);
+    auto y = inputs.labels.narrow(0, first, micro_batch).masked_fill(draws.drop, config_.model.num_classes);
+    const at::Tensor& t = draws.t;
+    const at::Tensor& noise = draws.noise;
 
     GaussianDiffusion::Losses losses;
     at::Tensor aux_loss;
     std::map<std::string, at::Tensor> metrics;
     {
-      compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_);
+      compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_, /*cache_casts=*/!graph_);
       auto x_t = diffusion_->q_sample(x0, t, noise);
       BackboneOutput out = model_->forward(x_t, diffusion_->model_timesteps(t), y);
       losses = diffusion_->losses_from_output(out.out, x0, x_t, t, noise);
@@ -251,8 +357,7 @@ StepResult TrainingStep::forward_backward(int64_t step, const Batch& batch) {
   // every rank takes the same decisions (skip a step, stop) from the same numbers.
   // The extras ride along (every rank has the same names: the same backbone on every rank).
   std::vector<at::Tensor> pieces = {sums.loss.view({1}), sums.mse.view({1}), sums.vb.view({1}),
-                                    at::full({1}, StopSignals::requested() != 0 ? 1.0 : 0.0,
-                                             sums.loss.options())};
+                                    stop_input_.to(sums.loss.scalar_type()).view({1})};
   for (const auto& [name, value] : sums.extras) {
     pieces.push_back(value.to(sums.loss.scalar_type()).reshape({-1}));
   }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "src/common/host_copy.h"
 #include "models/backbone.h"
 #include "src/config/experiment_config.h"
 #include "trainers/sample_draws.h"
@@ -25,6 +26,8 @@ namespace ditlab {
 
 class AutoencoderStage;
 class Communicator;
+class CudaGraph;
+class DeviceAdamW;
 class Ema;
 class GradReducer;
 class GaussianDiffusion;
@@ -37,8 +40,15 @@ struct StepResult {
   at::Tensor grad_norm;  // before clipping
   // The backbone's auxiliary loss (as it enters the objective) and its metrics, summed.
   std::map<std::string, at::Tensor> extras;
-  bool applied = false;         // false: a non-finite loss or gradient, the update was skipped
-  bool stop_requested = false;  // some rank received SIGINT / SIGTERM
+  // [update applied, some rank received SIGINT / SIGTERM] (bools), on the device, and its copy
+  // on its way to the host. A step that is not applied (a non-finite loss or gradient) left the
+  // weights, the optimizer and the EMA as they were.
+  at::Tensor flags;
+  HostCopy flags_on_host;
+
+  // These wait for the step's flags (not for work queued after them).
+  bool applied() const { return flags_on_host.get()[0].item<bool>(); }
+  bool stop_requested() const { return flags_on_host.get()[1].item<bool>(); }
 };
 
 // The learning rate of step `step` (0-based): train.lr after a linear warm-up of
@@ -56,18 +66,35 @@ class TrainingStep {
 
   // Step `step` (0-based) on this rank's shard of the global batch (CPU tensors; in page-locked
   // memory they reach a GPU asynchronously). With data.prefetch > 0, the per-sample draws of
-  // step + 1 are drawn on a background thread meanwhile.
+  // step + 1 are drawn on a background thread meanwhile. Nothing is read back to the host, except
+  // on LibTorch before 2.4 (no fused AdamW), where the skip flag is read before the update.
+  // With train.cuda_graph the first steps run as they are, then the step is recorded as a CUDA
+  // graph and replayed.
   StepResult run(int64_t step, const Batch& batch);
 
   Backbone& model() { return *model_; }
   Ema* ema() { return ema_.get(); }  // null without an EMA
-  torch::optim::AdamW& optimizer() { return *optimizer_; }
+  // The optimizer, its state current (the fused update counts steps on the device).
+  torch::optim::AdamW& optimizer();
+  // After the optimizer's state was replaced (a restore); before the first step.
+  void optimizer_state_changed();
   const NamedParameters& trainable() const { return trainable_; }
   const GradReducer& reducer() const { return *reducer_; }
   bool bf16() const { return bf16_; }
+  // Whether steps are replayed from a CUDA graph now.
+  bool replaying() const;
 
  private:
-  StepResult forward_backward(int64_t step, const Batch& batch);
+  // One step's inputs on the device: this rank's shard of the batch and its per-sample draws.
+  struct StepInputs {
+    at::Tensor images, cached_latents, labels;
+    SampleDraws draws;
+  };
+  void stage_inputs(int64_t step, const Batch& batch, StepInputs& inputs);
+  // Forward, backward, clipping, AdamW and the EMA from inputs on the device, reading nothing
+  // back (what a CUDA graph records).
+  StepResult device_step(const StepInputs& inputs);
+  StepResult forward_backward(const StepInputs& inputs);
   void clear_gradients();
   // The draws of this rank's shard of `step`: prepared during the previous step, or drawn now.
   SampleDraws draws_for(int64_t step);
@@ -83,10 +110,19 @@ class TrainingStep {
   const NamedParameters trainable_;  // listed once: the step uses them every time
   const std::vector<at::Tensor> trainable_tensors_;
   std::unique_ptr<torch::optim::AdamW> optimizer_;
-  std::vector<double> group_lr_multipliers_;  // per optimizer group: µP's lr multiplier
+  std::unique_ptr<DeviceAdamW> adamw_;
   std::unique_ptr<GaussianDiffusion> diffusion_;
   std::unique_ptr<GradReducer> reducer_;
-  at::Tensor stop_flag_;  // > 0 when some rank was asked to stop (summed over ranks), on the device
+  // Written before each step, read by it (so that a recorded step reads this step's values).
+  at::Tensor stop_input_;  // this rank's SIGINT / SIGTERM, 0 or 1
+  double ema_decay_ = 0.0;  // this step's EMA decay
+  at::Tensor ema_weight_;   // 1 - the EMA decay of this step
+  at::Tensor stop_flag_;   // > 0 when some rank was asked to stop (summed over ranks)
+  // CUDA graph (train.cuda_graph): the recorded step reads these inputs and writes those outputs.
+  std::unique_ptr<CudaGraph> graph_;
+  int64_t eager_steps_ = 0;
+  StepInputs graph_inputs_;
+  StepResult graph_outputs_;
   // Copies what it needs, and the background task holds its own copy: the task depends on no
   // member, so the order of destruction does not matter.
   std::function<SampleDraws(int64_t step)> draw_shard_;

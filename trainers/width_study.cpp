@@ -140,7 +140,7 @@ std::vector<SweepRow> run_lr_sweep(const ExperimentConfig& config, const Dataset
         double sum = 0.0;
         bool diverged = false;
         train_steps(c, data, study.steps, [&](int64_t s, const StepResult& r, const auto&) {
-          if (!r.applied) diverged = true;
+          if (!r.applied()) diverged = true;
           if (s >= study.steps - tail) {
             sum += r.loss.item<double>() / static_cast<double>(c.train.global_batch_size);
           }

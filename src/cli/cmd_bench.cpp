@@ -108,9 +108,15 @@ int run_bench(int argc, char** argv) {
   const bool sample_mode = args.has("sample");
   const int64_t batch = args.get_int("batch", config.train.global_batch_size);
   const int64_t steps = args.get_int("steps", sample_mode ? 2 : 10);
-  const int64_t warmup = args.get_int("warmup", sample_mode ? 1 : 3);
+  int64_t warmup = args.get_int("warmup", sample_mode ? 1 : 3);
   if (batch < 1 || steps < 1 || warmup < 0) {
     throw UsageError("bench: --batch and --steps must be >= 1 and --warmup >= 0");
+  }
+  // With train.cuda_graph the first two steps run eagerly and the third records the graph: the
+  // timed steps must all be replays.
+  if (config.train.cuda_graph && !sample_mode && warmup < 3) {
+    spdlog::info("bench: train.cuda_graph needs 3 warm-up steps (2 eager, 1 recording); --warmup {} -> 3", warmup);
+    warmup = 3;
   }
   const c10::Device device = select_device(args.get_or("device", config.train.device));
   const std::string precision = args.get_or("precision", device.is_cuda() ? "bf16" : "fp32");
@@ -160,7 +166,7 @@ int run_bench(int argc, char** argv) {
       StepResult result = step.run(i, data);
       compat::synchronize(device);
       if (i >= warmup) step_ms.push_back(1e3 * seconds_since(start));
-      if (!result.applied) spdlog::warn("step {}: non-finite loss (synthetic data)", i + 1);
+      if (!result.applied()) spdlog::warn("step {}: non-finite loss (synthetic data)", i + 1);
     }
   } else {
     model->to(device);
@@ -188,14 +194,15 @@ int run_bench(int argc, char** argv) {
   std::printf(
       "{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"device_name\": \"%s\", "
       "\"precision\": \"%s\", \"batch\": %lld, \"input_size\": %lld, \"in_channels\": %lld, "
-      "\"threads\": %d, \"checkpoint_blocks\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
+      "\"threads\": %d, \"checkpoint_blocks\": %s, \"cuda_graph\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
       "\"images_per_s\": %.3f, \"step_ms_median\": %.3f, \"step_ms_min\": %.3f, "
       "\"step_ms_max\": %.3f, \"tflops\": %.4g, \"peak_tflops\": %.2f, \"mfu\": %s, "
       "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"libtorch\": \"%s\"}\n",
       sample_mode ? "sample" : "train", mc.name.c_str(), device.str().c_str(), device_name.c_str(),
       precision.c_str(), static_cast<long long>(batch), static_cast<long long>(mc.input_size),
       static_cast<long long>(mc.in_channels), at::get_num_threads(),
-      mc.checkpoint_blocks ? "true" : "false", static_cast<long long>(steps),
+      mc.checkpoint_blocks ? "true" : "false", config.train.cuda_graph ? "true" : "false",
+      static_cast<long long>(steps),
       static_cast<long long>(parameters), macs / 1e9, images_per_s, med * per_step,
       *std::min_element(step_ms.begin(), step_ms.end()),
       *std::max_element(step_ms.begin(), step_ms.end()), tflops, peak,

@@ -46,6 +46,21 @@ void foreach_mul_(const std::vector<at::Tensor>& tensors, const at::Tensor& fact
 #endif
 }
 
+bool fused_adamw_supported() { return DITLAB_TORCH_AT_LEAST(2, 4); }
+
+void fused_adamw_(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                  const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
+                  const std::vector<at::Tensor>& steps, const at::Tensor& lr, double beta1,
+                  double beta2, double weight_decay, double eps, const at::Tensor& found_inf) {
+#if DITLAB_TORCH_AT_LEAST(2, 4)
+  at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, beta1,
+                    beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false,
+                    /*grad_scale=*/{}, found_inf);
+#else
+  TORCH_CHECK(false, "fused AdamW needs LibTorch 2.4 or newer; this is ", torch_version());
+#endif
+}
+
 namespace {
 #if DITLAB_TORCH_AT_LEAST(2, 4)
 bool autocast_enabled(c10::DeviceType d) { return at::autocast::is_autocast_enabled(d); }
@@ -83,11 +98,14 @@ AutocastState autocast_state(c10::DeviceType device) {
   return {autocast_enabled(device), autocast_dtype(device)};
 }
 
-AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled)
+AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled,
+                             bool cache_casts)
     : device_(device), enabled_(enabled) {
   if (!enabled_) return;
   previous_ = autocast_enabled(device_);
+  previous_cache_ = at::autocast::is_autocast_cache_enabled();
   previous_dtype_ = autocast_dtype(device_);
+  at::autocast::set_autocast_cache_enabled(cache_casts);
   set_autocast_dtype(device_, dtype);
   set_autocast_enabled(device_, true);
   at::autocast::increment_nesting();
@@ -99,6 +117,7 @@ AutocastGuard::~AutocastGuard() {
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
   set_autocast_enabled(device_, previous_);
   set_autocast_dtype(device_, previous_dtype_);
+  at::autocast::set_autocast_cache_enabled(previous_cache_);
 }
 
 bool bf16_supported(const c10::Device& device) {

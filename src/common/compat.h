@@ -25,6 +25,17 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
 // multi-tensor kernel per dtype on LibTorch 2.1+ (_foreach_mul_ by a tensor), a loop before.
 void foreach_mul_(const std::vector<at::Tensor>& tensors, const at::Tensor& factor);
 
+// AdamW over lists of parameters of one dtype on one device, with PyTorch's fused kernel: the
+// learning rate is read from `lr` and the whole update skipped where `found_inf` is 1 (both 0-dim
+// float tensors on that device), so the step reads nothing back. `steps` (one float tensor per
+// parameter, may repeat) must already count this update. LibTorch 2.4+ only (CUDA and CPUs);
+// fused_adamw_supported() says whether this build has it.
+bool fused_adamw_supported();
+void fused_adamw_(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                  const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
+                  const std::vector<at::Tensor>& steps, const at::Tensor& lr, double beta1,
+                  double beta2, double weight_decay, double eps, const at::Tensor& found_inf);
+
 // Mixed precision: turns autocast on for `device` with `dtype`, off again when destroyed.
 // A disabled guard does nothing, so callers need no branch.
 // Whether autocast is on for `device`, and its dtype (for code that re-runs a forward later,
@@ -37,7 +48,10 @@ AutocastState autocast_state(c10::DeviceType device);
 
 class AutocastGuard {
  public:
-  AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled);
+  // `cache_casts` keeps autocast's cache of weights cast to `dtype` while the outermost region
+  // lasts; a CUDA graph capture turns it off (a cached cast would be captured as a tensor that
+  // no replay refills).
+  AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled, bool cache_casts = true);
   ~AutocastGuard();
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;
@@ -46,6 +60,7 @@ class AutocastGuard {
   c10::DeviceType device_;
   bool enabled_;
   bool previous_;
+  bool previous_cache_;
   c10::ScalarType previous_dtype_;
 };
 

@@ -89,6 +89,7 @@ struct TrainConfig {
   int64_t grad_bucket_mb = 25;        // gradient all-reduce bucket size
   std::string grad_reduce_dtype = "fp32";  // bf16 halves the all-reduce traffic
   bool grad_reduce_overlap = true;         // start buckets from autograd hooks during backward
+  bool cuda_graph = false;  // record the step as a CUDA graph after two eager steps, then replay it
 };
 
 struct CheckpointConfig {

@@ -265,6 +265,9 @@ std::vector<OptionSpec> build_table() {
                     "Dtype of the gradient all-reduce; bf16 halves the traffic"),
       bool_option(FIELD(train.grad_reduce_overlap),
                   "Start each bucket's all-reduce during backward, as soon as its gradients exist"),
+      bool_option(FIELD(train.cuda_graph),
+                  "Record the whole step as a CUDA graph after two eager steps and replay it (one GPU, "
+                  "LibTorch 2.4+, not dit-moe): removes the host's kernel-launch cost, for small models"),
       int_option(FIELD(train.max_bad_steps), 1, kNoMax,
                  "Consecutive steps with a non-finite loss or gradient (each skipped) before the run stops"),
 

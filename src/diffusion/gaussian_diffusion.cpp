@@ -74,14 +74,27 @@ GaussianDiffusion GaussianDiffusion::respaced(const std::vector<int64_t>& kept) 
   return GaussianDiffusion(respace_betas(betas_, kept), learn_sigma_, map);
 }
 
+void GaussianDiffusion::to(c10::Device device) {
+  for (at::Tensor* table :
+       {&tables_.betas, &tables_.alphas_cumprod, &tables_.alphas_cumprod_prev,
+        &tables_.sqrt_alphas_cumprod, &tables_.sqrt_one_minus_alphas_cumprod,
+        &tables_.sqrt_recip_alphas_cumprod, &tables_.sqrt_recipm1_alphas_cumprod,
+        &tables_.posterior_variance, &tables_.posterior_log_variance_clipped,
+        &tables_.posterior_mean_coef1, &tables_.posterior_mean_coef2, &tables_.log_betas,
+        &tables_.fixed_large_log_variance, &tables_.timestep_map}) {
+    *table = table->to(device);
+  }
+}
+
 at::Tensor GaussianDiffusion::gather(const at::Tensor& table, const at::Tensor& t) const {
-  // Gathered in float64 on the CPU, then cast: the reference does the same (numpy, then float).
-  auto values = table.index_select(0, t.to(at::kCPU)).to(at::kFloat).to(t.device());
+  // Gathered in float64, then cast: the reference does the same (numpy, then float). The cast
+  // rounds alike on every device.
+  auto values = table.index_select(0, t.to(table.device())).to(at::kFloat).to(t.device());
   return values.view({t.size(0), 1, 1, 1});  // [N] -> [N, 1, 1, 1]
 }
 
 at::Tensor GaussianDiffusion::model_timesteps(const at::Tensor& t) const {
-  return tables_.timestep_map.index_select(0, t.to(at::kCPU)).to(t.device());
+  return tables_.timestep_map.index_select(0, t.to(tables_.timestep_map.device())).to(t.device());
 }
 
 at::Tensor GaussianDiffusion::q_sample(const at::Tensor& x0, const at::Tensor& t,

@@ -4,6 +4,7 @@
 // No backbone knowledge here: the model is any function (x_t, t) -> output.
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <functional>
 #include <vector>
@@ -68,7 +69,12 @@ class GaussianDiffusion {
   at::Tensor eps_from_xstart(const at::Tensor& x_t, const at::Tensor& t,
                              const at::Tensor& pred_xstart) const;
 
-  // Tables (float64, CPU; moved to the batch's device on use).
+  // Moves the tables to `device`. Gathers for batches there then read nothing back to the host:
+  // with the tables on the CPU, each gather for a GPU batch is a device-to-host copy of the
+  // timesteps, that is a wait for all queued work (and impossible inside a CUDA graph capture).
+  void to(c10::Device device);
+
+  // Tables (float64; on the CPU unless moved, and gathered on the tables' device).
   struct Tables {
     at::Tensor betas, alphas_cumprod, alphas_cumprod_prev, sqrt_alphas_cumprod,
         sqrt_one_minus_alphas_cumprod, sqrt_recip_alphas_cumprod, sqrt_recipm1_alphas_cumprod,

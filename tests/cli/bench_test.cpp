@@ -61,6 +61,11 @@ TEST_CASE("dit bench times training steps and sampling and prints one JSON line"
                       dir / "checkpointed.json") == 0);
   CHECK_THAT(read_all(dir / "checkpointed.json"), Catch::Contains("\"checkpoint_blocks\": true"));
 
+  CHECK_THAT(read_all(dir / "checkpointed.json"), Catch::Contains("\"cuda_graph\": false"));
+  // A CUDA graph on a CPU: a clear error naming the key, exit 1.
+  CHECK(run_command(dit_binary() + " bench" + common + " --device cpu train.cuda_graph=true", dir / "graph.log") == 1);
+  CHECK_THAT(read_all(dir / "graph.log"), Catch::Contains("train.cuda_graph") && Catch::Contains("cpu"));
+
   CHECK(run_command(dit_binary() + " bench --model DiT-S/8 --precision fp16", dir / "bad.log") == 2);
   CHECK_THAT(read_all(dir / "bad.log"), Catch::Contains("--precision must be fp32 or bf16"));
 }

@@ -3,12 +3,15 @@
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "models/registry.h"
+#include "src/common/compat.h"
 #include "src/distributed/communicator.h"
+#include "trainers/ema.h"
 #include "trainers/training_step.h"
 
 using namespace ditlab;
@@ -63,7 +66,7 @@ TEST_CASE("parameters a backbone exempts from weight decay get their own AdamW g
   Batch batch{at::randn({2, 1, 8, 8}), at::tensor({0, 2}, at::kLong)};
   auto before = step.model().named_parameters()["blocks.0.mixer.A_log"].clone();
   auto result = step.run(0, batch);
-  CHECK(result.applied);
+  CHECK(result.applied());
   CHECK_FALSE(at::equal(before, step.model().named_parameters()["blocks.0.mixer.A_log"]));
 }
 
@@ -103,7 +106,7 @@ TEST_CASE("training a µP model at its base width is training the standard model
     auto model = build_backbone(resolve_model_config(config.model));
     TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
     const Batch batch = small_batch();
-    for (int64_t s = 0; s < 3; ++s) REQUIRE(step.run(s, batch).applied);
+    for (int64_t s = 0; s < 3; ++s) REQUIRE(step.run(s, batch).applied());
     std::map<std::string, at::Tensor> params;
     for (const auto& item : step.model().named_parameters()) params[item.key()] = item.value().clone();
     finals.push_back(params);
@@ -132,7 +135,7 @@ TEST_CASE("AdamW applies µP's multipliers: hidden weights move lr / m, the rest
   TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
   std::map<std::string, at::Tensor> before;
   for (const auto& item : step.model().named_parameters()) before[item.key()] = item.value().clone();
-  REQUIRE(step.run(0, small_batch()).applied);
+  REQUIRE(step.run(0, small_batch()).applied());
   auto moved = [&](const std::string& name) {
     return (step.model().named_parameters()[name] - before.at(name)).abs().max().item<double>();
   };
@@ -169,11 +172,67 @@ TEST_CASE("drawing the next step's samples ahead changes nothing, in order or af
     auto model = build_backbone(resolve_model_config(config.model));
     TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/false);
     Batch batch = small_batch();
-    for (int64_t s : steps) REQUIRE(step.run(s, batch).applied);
+    for (int64_t s : steps) REQUIRE(step.run(s, batch).applied());
     return step.model().named_parameters()["final_layer.linear.weight"].clone();
   };
   const auto in_place = train(0, {0, 1, 5, 6});
   CHECK(at::equal(train(2, {0, 1, 5, 6}), in_place));
   // Another step order gives other draws, hence other weights: the comparison can fail.
   CHECK_FALSE(at::equal(train(2, {0, 1, 2, 3}), in_place));
+}
+
+TEST_CASE("a step with a non-finite loss leaves weights, optimizer and EMA as they were", "[training_step]") {
+  // The decision is a device tensor that the update and the EMA read (nothing is read back on
+  // LibTorch 2.4+); the flags say so afterwards.
+  ExperimentConfig config = small_dit(16, false, 0);
+  config.train.ema_decay = 0.5;
+  Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(10));
+  torch::manual_seed(3);
+  auto model = build_backbone(resolve_model_config(config.model));
+  TrainingStep step(config, model, c10::Device(c10::kCPU), communicator, /*with_ema=*/true);
+  REQUIRE(step.run(0, small_batch()).applied());
+  auto snapshot = [&] {
+    std::vector<at::Tensor> out;
+    for (const auto& p : step.model().parameters()) out.push_back(p.clone());
+    for (const auto& p : step.ema()->shadow().parameters()) out.push_back(p.clone());
+    for (const auto& p : step.model().parameters()) {
+      if (!p.requires_grad()) continue;
+      const auto& s = static_cast<const torch::optim::AdamWParamState&>(
+          *compat::optimizer_state_if_any(step.optimizer(), p));
+      out.push_back(s.exp_avg().clone());
+      out.push_back(at::scalar_tensor(static_cast<double>(s.step())));
+    }
+    return out;
+  };
+  const auto before = snapshot();
+  Batch poisoned = small_batch();
+  poisoned.images[1][0][2][3] = std::numeric_limits<float>::quiet_NaN();
+  StepResult bad = step.run(1, poisoned);
+  CHECK_FALSE(bad.applied());
+  CHECK_FALSE(bad.stop_requested());
+  const auto after = snapshot();
+  REQUIRE(after.size() == before.size());
+  for (size_t i = 0; i < before.size(); ++i) {
+    INFO("tensor " << i);
+    CHECK(at::equal(after[i], before[i]));
+  }
+  // The next finite step goes on from there (its step count is 2, not 3).
+  REQUIRE(step.run(2, small_batch()).applied());
+  const auto& first = step.model().parameters();
+  for (const auto& p : first) {
+    if (!p.requires_grad()) continue;
+    const auto& s = static_cast<const torch::optim::AdamWParamState&>(
+        *compat::optimizer_state_if_any(step.optimizer(), p));
+    CHECK(s.step() == 2);
+    break;
+  }
+}
+
+TEST_CASE("train.cuda_graph is refused where a step cannot be recorded", "[training_step]") {
+  ExperimentConfig config = small_dit(16, false, 0);
+  config.train.cuda_graph = true;
+  Communicator communicator(DistEnv{}, "auto", std::chrono::seconds(10));
+  auto model = build_backbone(resolve_model_config(config.model));
+  CHECK_THROWS_WITH(TrainingStep(config, model, c10::Device(c10::kCPU), communicator, false),
+                    Catch::Contains("train.cuda_graph") && Catch::Contains("cpu"));
 }

@@ -1,0 +1,35 @@
+#include "src/common/host_copy.h"
+
+#include <ATen/ATen.h>
+
+#ifdef DITLAB_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#endif
+
+namespace ditlab {
+
+HostCopy::HostCopy(const at::Tensor& value) {
+#ifdef DITLAB_WITH_CUDA
+  if (value.is_cuda()) {
+    host_ = at::empty(value.sizes(), value.options().device(at::kCPU).pinned_memory(true));
+    host_.copy_(value, /*non_blocking=*/true);
+    auto done = std::make_shared<at::cuda::CUDAEvent>();
+    done->record();  // on the current stream, behind the copy
+    pending_ = std::move(done);
+    return;
+  }
+#endif
+  host_ = value.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true);
+}
+
+const at::Tensor& HostCopy::get() const {
+#ifdef DITLAB_WITH_CUDA
+  if (pending_) {
+    static_cast<at::cuda::CUDAEvent*>(pending_.get())->synchronize();
+    pending_.reset();
+  }
+#endif
+  return host_;
+}
+
+}  // namespace ditlab

@@ -39,8 +39,7 @@ void Ema::update(const Backbone& model, const at::Tensor& weight,
               " scratch tensors for ", source.size(), " trainable parameters");
   // Multi-tensor kernels that take the weight as a tensor: the scratch holds weight * (model -
   // shadow), which is then added.
-  at::_foreach_zero_(scratch);
-  at::_foreach_add_(scratch, source);
+  compat::foreach_copy_(scratch, source);
   at::_foreach_sub_(scratch, target);
   compat::foreach_mul_(scratch, weight);
   at::_foreach_add_(target, scratch);

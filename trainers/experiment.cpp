@@ -49,6 +49,7 @@ RankContext join_job(const TrainConfig& train) {
   if (train.threads > 0) at::set_num_threads(static_cast<int>(train.threads));
   const DistEnv env = detect_dist_env();
   const c10::Device device = select_device(train.device, env);
+  compat::set_current_device(device);
   auto communicator = std::make_shared<Communicator>(
       env, train.dist_backend, std::chrono::seconds(train.dist_timeout_s), device.is_cuda());
   if (!communicator->is_main()) spdlog::set_level(spdlog::level::warn);

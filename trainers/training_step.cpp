@@ -235,7 +235,10 @@ torch::optim::AdamW& TrainingStep::optimizer() {
 }
 
 void TrainingStep::optimizer_state_changed() {
-  if (replaying()) throw Error("the optimizer's state cannot change once the step is recorded (train.cuda_graph)");
+  // The recording must find the optimizer's tensors built by the warm-up, not build them itself.
+  if (graph_ && eager_steps_ > 0) {
+    throw Error("train.cuda_graph: the optimizer's state cannot change once steps have run");
+  }
   adamw_->reload();
 }
 
@@ -321,7 +324,7 @@ StepResult TrainingStep::forward_backward(const StepInputs& inputs) {
     at::Tensor aux_loss;
     std::map<std::string, at::Tensor> metrics;
     {
-      compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_, /*cache_casts=*/!graph_);
+      compat::AutocastGuard autocast(device_.type(), at::kBFloat16, bf16_);
       auto x_t = diffusion_->q_sample(x0, t, noise);
       BackboneOutput out = model_->forward(x_t, diffusion_->model_timesteps(t), y);
       losses = diffusion_->losses_from_output(out.out, x0, x_t, t, noise);

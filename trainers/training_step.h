@@ -66,8 +66,9 @@ class TrainingStep {
 
   // Step `step` (0-based) on this rank's shard of the global batch (CPU tensors; in page-locked
   // memory they reach a GPU asynchronously). With data.prefetch > 0, the per-sample draws of
-  // step + 1 are drawn on a background thread meanwhile. Nothing is read back to the host, except
-  // on LibTorch before 2.4 (no fused AdamW), where the skip flag is read before the update.
+  // step + 1 are drawn on a background thread meanwhile. On a GPU nothing is read back to the
+  // host (LibTorch 2.4+; a backbone may read, as dit-moe's routing); before 2.4 (no fused AdamW)
+  // the skip flag is read before the update, and on CPUs, where it costs nothing, for the EMA.
   // With train.cuda_graph the first steps run as they are, then the step is recorded as a CUDA
   // graph and replayed.
   StepResult run(int64_t step, const Batch& batch);

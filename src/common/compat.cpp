@@ -10,6 +10,7 @@
 #ifdef DITLAB_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #endif
 
 namespace ditlab::compat {
@@ -43,6 +44,14 @@ void foreach_mul_(const std::vector<at::Tensor>& tensors, const at::Tensor& fact
   for (auto& [dtype, list] : by_dtype) at::_foreach_mul_(list, factor.to(dtype));
 #else
   for (const auto& t : tensors) t.mul_(factor.to(t.scalar_type()));
+#endif
+}
+
+void foreach_copy_(const std::vector<at::Tensor>& dst, const std::vector<at::Tensor>& src) {
+#if DITLAB_TORCH_AT_LEAST(2, 2)
+  at::_foreach_copy_(dst, src);
+#else
+  for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(src[i]);
 #endif
 }
 
@@ -98,14 +107,11 @@ AutocastState autocast_state(c10::DeviceType device) {
   return {autocast_enabled(device), autocast_dtype(device)};
 }
 
-AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled,
-                             bool cache_casts)
+AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled)
     : device_(device), enabled_(enabled) {
   if (!enabled_) return;
   previous_ = autocast_enabled(device_);
-  previous_cache_ = at::autocast::is_autocast_cache_enabled();
   previous_dtype_ = autocast_dtype(device_);
-  at::autocast::set_autocast_cache_enabled(cache_casts);
   set_autocast_dtype(device_, dtype);
   set_autocast_enabled(device_, true);
   at::autocast::increment_nesting();
@@ -117,7 +123,6 @@ AutocastGuard::~AutocastGuard() {
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
   set_autocast_enabled(device_, previous_);
   set_autocast_dtype(device_, previous_dtype_);
-  at::autocast::set_autocast_cache_enabled(previous_cache_);
 }
 
 bool bf16_supported(const c10::Device& device) {
@@ -131,6 +136,12 @@ std::string device_name(const c10::Device& device) {
   }
 #endif
   return device.str();
+}
+
+void set_current_device(const c10::Device& device) {
+#ifdef DITLAB_WITH_CUDA
+  if (device.is_cuda() && device.has_index()) c10::cuda::set_device(device.index());
+#endif
 }
 
 void synchronize(const c10::Device& device) {

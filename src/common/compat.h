@@ -36,6 +36,9 @@ void fused_adamw_(const std::vector<at::Tensor>& params, const std::vector<at::T
                   const std::vector<at::Tensor>& steps, const at::Tensor& lr, double beta1,
                   double beta2, double weight_decay, double eps, const at::Tensor& found_inf);
 
+// dst[i].copy_(src[i]) in one multi-tensor kernel on LibTorch 2.2+, a loop before.
+void foreach_copy_(const std::vector<at::Tensor>& dst, const std::vector<at::Tensor>& src);
+
 // Mixed precision: turns autocast on for `device` with `dtype`, off again when destroyed.
 // A disabled guard does nothing, so callers need no branch.
 // Whether autocast is on for `device`, and its dtype (for code that re-runs a forward later,
@@ -48,10 +51,7 @@ AutocastState autocast_state(c10::DeviceType device);
 
 class AutocastGuard {
  public:
-  // `cache_casts` keeps autocast's cache of weights cast to `dtype` while the outermost region
-  // lasts; a CUDA graph capture turns it off (a cached cast would be captured as a tensor that
-  // no replay refills).
-  AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled, bool cache_casts = true);
+  AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled);
   ~AutocastGuard();
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;
@@ -60,7 +60,6 @@ class AutocastGuard {
   c10::DeviceType device_;
   bool enabled_;
   bool previous_;
-  bool previous_cache_;
   c10::ScalarType previous_dtype_;
 };
 
@@ -100,6 +99,11 @@ bool bf16_supported(const c10::Device& device);
 
 // The GPU's name ("NVIDIA H100 80GB HBM3"); "cuda" in builds without CUDA.
 std::string device_name(const c10::Device& device);
+
+// Makes `device` the current CUDA device of this thread (a rank's own GPU), so that what uses the
+// current device (streams, events, page-locked allocations, NCCL) does not open a context on
+// GPU 0; nothing elsewhere.
+void set_current_device(const c10::Device& device);
 
 // Waits for the device's queued work (a no-op on CPUs), so that wall-clock timers measure it.
 void synchronize(const c10::Device& device);

@@ -5,6 +5,8 @@
 #ifdef DITLAB_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -48,6 +50,11 @@ CudaGraph::CudaGraph(c10::Device device) {
 void CudaGraph::warm_up(const std::function<void()>& body) { impl_->on_side_stream(body); }
 
 void CudaGraph::capture(const std::function<void()>& body) {
+  // The warm-up's freed blocks stay cached for the side stream, and the recording allocates its
+  // own pool: return them first, as PyTorch's torch.cuda.graph does (and a recording cannot
+  // free cached blocks to make room).
+  c10::cuda::device_synchronize();
+  c10::cuda::CUDACachingAllocator::emptyCache();
   impl_->on_side_stream([&] {
     // Thread-local capture mode: the data loader's and the draws' threads may allocate
     // page-locked memory meanwhile, which the global mode would forbid. Autograd's thread

@@ -4,6 +4,7 @@
 
 #ifdef DITLAB_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAGuard.h>
 #endif
 
 namespace ditlab {
@@ -11,6 +12,8 @@ namespace ditlab {
 HostCopy::HostCopy(const at::Tensor& value) {
 #ifdef DITLAB_WITH_CUDA
   if (value.is_cuda()) {
+    // The copy goes on the value's device's current stream, and the event after it there.
+    const c10::cuda::CUDAGuard on_device(value.device());
     host_ = at::empty(value.sizes(), value.options().device(at::kCPU).pinned_memory(true));
     host_.copy_(value, /*non_blocking=*/true);
     auto done = std::make_shared<at::cuda::CUDAEvent>();

@@ -56,14 +56,14 @@ void train_steps(const ExperimentConfig& config, const Dataset& data, int64_t st
   }
 }
 
+}  // namespace
+
 void check_study(const WidthStudy& study, bool sweep) {
   if (study.widths.size() < 2) throw UsageError("a width study needs at least two widths");
   if (study.steps < 1) throw UsageError("a width study needs at least one step");
   if (study.mup.empty()) throw UsageError("a width study needs a parametrization (mup, sp)");
   if (sweep && study.lrs.empty()) throw UsageError("a learning-rate sweep needs learning rates");
 }
-
-}  // namespace
 
 ExperimentConfig config_at_width(const ExperimentConfig& config, int64_t width, bool mup,
                                  int64_t default_base_width) {

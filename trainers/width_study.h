@@ -24,6 +24,10 @@ struct WidthStudy {
   std::function<void(const std::string&)> progress;
 };
 
+// Throws a UsageError naming what `study` lacks: two widths, a step, a parametrization, and for
+// a learning-rate sweep (`sweep`) learning rates. Before anything is written.
+void check_study(const WidthStudy& study, bool sweep);
+
 // The experiment at one width: hidden_size = width, µP on or off, mup.base_width kept (or the
 // first width of the study when the config leaves it 0).
 ExperimentConfig config_at_width(const ExperimentConfig& config, int64_t width, bool mup,

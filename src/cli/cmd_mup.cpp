@@ -163,6 +163,7 @@ int run_mup(int argc, char** argv) {
     spdlog::warn("train.lr_warmup_steps {} is more than a tenth of the {} steps: the sweep mostly "
                  "measures the warm-up", config.train.lr_warmup_steps, study.steps);
   }
+  check_study(study, sweep);  // before the dataset is read or anything written
   auto data = make_dataset(config.data);
   config.model = model_config_for_data(config, *data);
   // The config as the study runs it at its first width (resolved, so a bad one fails now).

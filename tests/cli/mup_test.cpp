@@ -45,8 +45,10 @@ TEST_CASE("dit mup rejects unknown subcommands, parametrizations and malformed l
   CHECK_THAT(read_all(dir / "b.log"), Catch::Contains("not 'xp'"));
   CHECK(run_command(dit_binary() + " mup coord-check --widths 32,6x4" + kTiny, dir / "c.log") == 2);
   CHECK_THAT(read_all(dir / "c.log"), Catch::Contains("--widths") && Catch::Contains("integers"));
-  CHECK(run_command(dit_binary() + " mup coord-check --widths 32" + kTiny, dir / "d.log") == 2);
+  CHECK(run_command(dit_binary() + " mup coord-check --widths 32 --out " + (dir / "d-out") + kTiny,
+                    dir / "d.log") == 2);
   CHECK_THAT(read_all(dir / "d.log"), Catch::Contains("at least two widths"));
+  CHECK_FALSE(std::filesystem::exists(dir / "d-out"));  // refused before anything is written
   // µP needs its base width.
   CHECK(run_command(dit_binary() + " train" + std::string(kTiny) + " model.mup.enabled=true train.steps=1 "
                     "run.dir=" + dir.path() + "/run", dir / "e.log") == 1);

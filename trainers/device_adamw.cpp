@@ -57,15 +57,7 @@ void DeviceAdamW::build_buckets() {
   for (size_t g = 0; g < groups.size(); ++g) {
     std::map<std::tuple<c10::ScalarType, int64_t>, size_t> index;
     for (auto& p : groups[g].params()) {
-      auto& slot = compat::optimizer_state_slot(optimizer_, p);
-      if (!slot) {
-        auto state = std::make_unique<torch::optim::AdamWParamState>();
-        state->step(0);
-        state->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
-        state->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
-        slot = std::move(state);
-      }
-      auto* state = static_cast<torch::optim::AdamWParamState*>(slot.get());
+      auto* state = &adamw_state_of(optimizer_, p);
       auto key = std::make_tuple(p.scalar_type(), state->step());
       auto it = index.find(key);
       if (it == index.end()) {

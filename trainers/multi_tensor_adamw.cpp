@@ -21,6 +21,18 @@ struct Lists {
 
 }  // namespace
 
+torch::optim::AdamWParamState& adamw_state_of(torch::optim::AdamW& optimizer, const at::Tensor& p) {
+  auto& slot = compat::optimizer_state_slot(optimizer, p);
+  if (!slot) {
+    auto state = std::make_unique<torch::optim::AdamWParamState>();
+    state->step(0);
+    state->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+    state->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+    slot = std::move(state);
+  }
+  return static_cast<torch::optim::AdamWParamState&>(*slot);
+}
+
 void multi_tensor_adamw_step(torch::optim::AdamW& optimizer) {
   torch::NoGradGuard no_grad;
   // Decided before any group steps: a fallback after a first group would step it twice.
@@ -35,15 +47,7 @@ void multi_tensor_adamw_step(torch::optim::AdamW& optimizer) {
     std::map<int64_t, Lists> by_step;
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
-      auto& slot = compat::optimizer_state_slot(optimizer, p);
-      if (!slot) {
-        auto state = std::make_unique<torch::optim::AdamWParamState>();
-        state->step(0);
-        state->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
-        state->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
-        slot = std::move(state);
-      }
-      auto* state = static_cast<torch::optim::AdamWParamState*>(slot.get());
+      auto* state = &adamw_state_of(optimizer, p);
       Lists& lists = by_step[state->step()];
       lists.params.push_back(p);
       lists.grads.push_back(p.grad());

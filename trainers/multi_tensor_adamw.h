@@ -5,8 +5,11 @@
 // checkpoints and resumption do not change, with a handful of launches per parameter group.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 namespace torch::optim {
 class AdamW;
+class AdamWParamState;
 }
 
 namespace ditlab {
@@ -14,5 +17,9 @@ namespace ditlab {
 // One optimizer step, bitwise equal to optimizer.step() on CPUs. Parameters without a gradient
 // are skipped (and get no state), as there. amsgrad falls back to optimizer.step().
 void multi_tensor_adamw_step(torch::optim::AdamW& optimizer);
+
+// The parameter's state, created as its first update creates it (step 0, zero moments) when it
+// has none yet.
+torch::optim::AdamWParamState& adamw_state_of(torch::optim::AdamW& optimizer, const at::Tensor& p);
 
 }  // namespace ditlab

@@ -181,17 +181,19 @@ struct Family {
   bool sampling_cache;  // implements Backbone::begin_sampling with a feature cache
   bool attention = true;  // has attention heads (model.num_heads)
   bool checkpoint_blocks = false;  // supports model.checkpoint_blocks
+  bool cuda_graph = false;  // its training step can be recorded as a CUDA graph (fixed shapes, no host reads)
 };
 
 const std::vector<Family>& families() {
   static const std::vector<Family> table = {
-      {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, true},
-      {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true, true, true},
+      {"dit", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, true, true},
+      {"skip-dit", build_skip_dit, skip_dit_cost, Shape::kTokens, 4.0, true, true, true, true},
       // The routers' load-balancing loss is read after forward from each block: a recomputed
-      // block's forward records no graph for it.
-      {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, false},
-      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false, true, true},
-      {"dim", build_dim, dim_cost, Shape::kTokens, 0.0, false, /*attention=*/false, true}};
+      // block's forward records no graph for it. Its routing reads the experts' token counts
+      // back to the host and sizes tensors by them, which a CUDA graph cannot record.
+      {"dit-moe", build_dit, dit_cost, Shape::kTokens, 4.0, false, true, false, false},
+      {"u-dit", build_udit, udit_cost, Shape::kLevels, 2.0, false, true, true, true},
+      {"dim", build_dim, dim_cost, Shape::kTokens, 0.0, false, /*attention=*/false, true, true}};
   return table;
 }
 
@@ -313,6 +315,11 @@ ModelCost model_cost(const ModelConfig& config) {
 bool has_sampling_cache(const std::string& model_name) {
   const Preset* preset = nullptr;
   return family_for(model_name, &preset).sampling_cache;
+}
+
+bool recordable_as_cuda_graph(const std::string& model_name) {
+  const Preset* preset = nullptr;
+  return family_for(model_name, &preset).cuda_graph;
 }
 
 std::shared_ptr<Backbone> build_backbone(const ModelConfig& config) {

@@ -21,6 +21,10 @@ std::shared_ptr<Backbone> build_backbone(const ModelConfig& config);
 // Whether the backbone of `model_name` has a feature cache for sampling (Skip-Cache).
 bool has_sampling_cache(const std::string& model_name);
 
+// Whether the training step of `model_name`'s backbone can be recorded as a CUDA graph: fixed
+// shapes and nothing read back to the host in its forward (not dit-moe, whose routing does).
+bool recordable_as_cuda_graph(const std::string& model_name);
+
 // What a model costs, computed from its resolved config without building it.
 struct ModelCost {
   int64_t parameters = 0;         // all (U-DiT: FFNs folded, as its paper counts)

@@ -118,8 +118,8 @@ TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backb
     if (!adamw_->on_device()) {
       refuse("the recorded step needs the fused AdamW of LibTorch 2.4+; this is " + compat::torch_version());
     }
-    if (config_.model.name.rfind("dit-moe", 0) == 0 || config_.model.name.rfind("DiT-MoE", 0) == 0) {
-      refuse("dit-moe routes tokens with shapes that depend on the data, which a graph cannot record");
+    if (!recordable_as_cuda_graph(config_.model.name)) {
+      refuse(config_.model.name + " routes tokens with shapes that depend on the data, which a graph cannot record");
     }
     graph_ = std::make_unique<CudaGraph>(device_);
   }

@@ -227,8 +227,6 @@ StepResult TrainingStep::run(int64_t step, const Batch& batch) {
   return result;
 }
 
-bool TrainingStep::replaying() const { return graph_ && graph_->captured(); }
-
 torch::optim::AdamW& TrainingStep::optimizer() {
   adamw_->sync_to_host();
   return *optimizer_;

@@ -82,8 +82,6 @@ class TrainingStep {
   const NamedParameters& trainable() const { return trainable_; }
   const GradReducer& reducer() const { return *reducer_; }
   bool bf16() const { return bf16_; }
-  // Whether steps are replayed from a CUDA graph now.
-  bool replaying() const;
 
  private:
   // One step's inputs on the device: this rank's shard of the batch and its per-sample draws.

@@ -40,8 +40,6 @@ struct CudaGraph::Impl {
   bool captured = false;
 };
 
-bool CudaGraph::available() { return true; }
-
 CudaGraph::CudaGraph(c10::Device device) {
   if (!device.is_cuda()) throw ConfigError("CUDA graphs need a CUDA device, not " + device.str());
   impl_ = std::make_unique<Impl>(device.has_index() ? device : c10::Device(c10::kCUDA, 0));
@@ -81,8 +79,6 @@ void CudaGraph::replay() { impl_->graph.replay(); }
 #else
 
 struct CudaGraph::Impl {};
-
-bool CudaGraph::available() { return false; }
 
 CudaGraph::CudaGraph(c10::Device device) {
   throw ConfigError("CUDA graphs (train.cuda_graph) need a CUDA build of ditlab; this one is CPU-only");

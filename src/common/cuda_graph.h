@@ -14,9 +14,6 @@ namespace ditlab {
 
 class CudaGraph {
  public:
-  // Whether this build can capture graphs (a CUDA build).
-  static bool available();
-
   explicit CudaGraph(c10::Device device);
   ~CudaGraph();
   CudaGraph(const CudaGraph&) = delete;

@@ -4,26 +4,14 @@
 #include <torch/optim/adamw.h>
 
 #include "src/common/compat.h"
+#include "tests/trainers/adamw_test_parameters.h"
 #include "trainers/device_adamw.h"
 
 using namespace ditlab;
+using ditlab::testing::copies;
+using ditlab::testing::make_parameters;
 
 namespace {
-
-std::vector<at::Tensor> make_parameters(uint64_t seed) {
-  at::manual_seed(seed);
-  std::vector<at::Tensor> out;
-  for (auto shape : {std::vector<int64_t>{7, 5}, {5}, {3, 4, 2}, {1}}) {
-    out.push_back(at::randn(shape).set_requires_grad(true));
-  }
-  return out;
-}
-
-std::vector<at::Tensor> copies(const std::vector<at::Tensor>& ps) {
-  std::vector<at::Tensor> out;
-  for (const auto& p : ps) out.push_back(p.detach().clone().set_requires_grad(true));
-  return out;
-}
 
 // Two groups: parameters 0-1 (lr multiplier 1, weight decay), 2-3 (multiplier 0.25, none).
 std::vector<torch::optim::OptimizerParamGroup> two_groups(const std::vector<at::Tensor>& ps, double lr) {

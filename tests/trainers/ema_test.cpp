@@ -33,6 +33,24 @@ std::vector<at::Tensor> scratch_for(Backbone& model) {
 
 }  // namespace
 
+TEST_CASE("EMA follows shadow = d * shadow + (1 - d) * model, with optional warm-up", "[trainer]") {
+  auto model = tiny_dit();
+  Ema ema(*model, tiny_dit());
+  auto p = model->parameters()[0];
+  auto start = p.clone();
+  CHECK(at::equal(ema.shadow().parameters()[0], start));  // starts as a copy
+  {
+    torch::NoGradGuard g;
+    p.add_(1.0);
+  }
+  ema.update(*model, 0.9);
+  CHECK(at::allclose(ema.shadow().parameters()[0], start + 0.1));
+  CHECK(Ema::decay_at(0, 0.9999, true) == Approx(0.1));
+  CHECK(Ema::decay_at(90, 0.9999, true) == Approx(0.91));
+  CHECK(Ema::decay_at(1000000, 0.995, true) == 0.995);
+  CHECK(Ema::decay_at(0, 0.9999, false) == 0.9999);
+}
+
 TEST_CASE("the EMA update with a device weight is shadow + w (model - shadow), and w = 0 changes nothing", "[ema]") {
   torch::manual_seed(0);
   auto model = tiny_dit();

@@ -5,31 +5,15 @@
 #include <torch/optim/adamw.h>
 
 #include "src/common/compat.h"
+#include "tests/trainers/adamw_test_parameters.h"
 #include "trainers/multi_tensor_adamw.h"
 
 using namespace ditlab;
-
-namespace {
-
-std::vector<at::Tensor> make_parameters() {
-  at::manual_seed(3);
-  std::vector<at::Tensor> out;
-  for (auto shape : {std::vector<int64_t>{7, 5}, {5}, {3, 4, 2}, {1}}) {
-    out.push_back(at::randn(shape).set_requires_grad(true));
-  }
-  return out;
-}
-
-std::vector<at::Tensor> copies(const std::vector<at::Tensor>& ps) {
-  std::vector<at::Tensor> out;
-  for (const auto& p : ps) out.push_back(p.detach().clone().set_requires_grad(true));
-  return out;
-}
-
-}  // namespace
+using ditlab::testing::copies;
+using ditlab::testing::make_parameters;
 
 TEST_CASE("the multi-tensor AdamW step equals torch::optim::AdamW bit for bit", "[adamw]") {
-  auto a = make_parameters();
+  auto a = make_parameters(3);
   auto b = copies(a);
   auto options = torch::optim::AdamWOptions(3e-3).betas({0.9, 0.99}).eps(1e-8).weight_decay(0.05);
   torch::optim::AdamW reference(a, options), ours(b, options);

@@ -11,7 +11,6 @@
 #include "src/io/atomic_file.h"
 #include "src/io/safetensors.h"
 #include "tests/test_support.h"
-#include "trainers/ema.h"
 #include "trainers/sample_draws.h"
 #include "trainers/trainer.h"
 
@@ -172,33 +171,6 @@ TEST_CASE("per-sample draws depend only on (seed, step, global index)", "[traine
   CHECK(many.t.min().item<int64_t>() >= 0);
   CHECK(many.t.max().item<int64_t>() <= 999);
   CHECK(many.noise.std().item<double>() == Approx(1.0).margin(0.1));
-}
-
-TEST_CASE("EMA follows shadow = d * shadow + (1 - d) * model, with optional warm-up", "[trainer]") {
-  ModelConfig c;
-  c.name = "dit";
-  c.depth = 1;
-  c.hidden_size = 8;
-  c.num_heads = 2;
-  c.patch_size = 2;
-  c.input_size = 4;
-  c.in_channels = 1;
-  c.num_classes = 2;
-  auto model = build_backbone(c);
-  Ema ema(*model, build_backbone(c));
-  auto p = model->parameters()[0];
-  auto start = p.clone();
-  CHECK(at::equal(ema.shadow().parameters()[0], start));  // starts as a copy
-  {
-    torch::NoGradGuard g;
-    p.add_(1.0);
-  }
-  ema.update(*model, 0.9);
-  CHECK(at::allclose(ema.shadow().parameters()[0], start + 0.1));
-  CHECK(Ema::decay_at(0, 0.9999, true) == Approx(0.1));
-  CHECK(Ema::decay_at(90, 0.9999, true) == Approx(0.91));
-  CHECK(Ema::decay_at(1000000, 0.995, true) == 0.995);
-  CHECK(Ema::decay_at(0, 0.9999, false) == 0.9999);
 }
 
 TEST_CASE("U-DiT trains on the shared trainer and samples with guidance", "[trainer]") {

@@ -6,6 +6,10 @@
 #   scripts/race.sh --model DiT-S/2 --batch 8 --threads 2 --rounds 3
 #   scripts/race.sh --model DiT-XL/2 --batch 256 --device cuda --precision bf16 --compile
 #
+# --count-ops also counts each contestant's operator calls in one more step after round 1 (not
+# timed) and prints them side by side (scripts/compare_ops.py); with --out FILE.jsonl the counts
+# are kept as FILE.ops-ditlab.json and FILE.ops-pytorch.json.
+#
 # Both processes get the same OpenBLAS kernels and allocator settings that `dit` uses on its
 # own (OPENBLAS_CORETYPE, glibc's mmap threshold), so on a CPU the gap is framework overhead.
 set -euo pipefail
@@ -19,7 +23,7 @@ if [[ -z $python ]]; then  # the first Python that has torch (Debian's is /usr/b
   [[ -n $python ]] || { echo "race.sh: no python3 with torch found; set PYTHON=" >&2; exit 2; }
 fi
 model=DiT-S/2 batch=8 threads=0 rounds=3 steps=5 warmup=2 device="" precision="" compile=0
-size=32 channels=4 out=""
+size=32 channels=4 out="" count_ops=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --model) model=$2; shift 2 ;;
@@ -33,8 +37,9 @@ while [[ $# -gt 0 ]]; do
     --input-size) size=$2; shift 2 ;;
     --in-channels) channels=$2; shift 2 ;;
     --compile) compile=1; shift ;;
+    --count-ops) count_ops=1; shift ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,14p "$0"; exit 0 ;;
     *) echo "race.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,12 +55,20 @@ common=(--model "$model" --batch "$batch" --input-size "$size" --in-channels "$c
 [[ -n $device ]] && common+=(--device "$device")
 [[ -n $precision ]] && common+=(--precision "$precision")
 results=$(mktemp)
-trap 'rm -f "$results"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -f "$results"; rm -rf "$scratch"' EXIT
+ops_prefix=$scratch/race
+[[ -n $out ]] && ops_prefix=${out%.jsonl}
 for ((r = 1; r <= rounds; r++)); do
+  ditlab_ops=() pytorch_ops=()
+  if [[ $count_ops == 1 && $r == 1 ]]; then
+    ditlab_ops=(--count-ops "$ops_prefix.ops-ditlab.json")
+    pytorch_ops=(--count-ops "$ops_prefix.ops-pytorch.json")
+  fi
   echo "round $r/$rounds: ditlab" >&2
-  "$dit" bench "${common[@]}" | sed 's/^{/{"impl": "ditlab", /' >>"$results"
+  "$dit" bench "${common[@]}" "${ditlab_ops[@]}" | sed 's/^{/{"impl": "ditlab", /' >>"$results"
   echo "round $r/$rounds: pytorch eager" >&2
-  "$python" "$here/reference/bench_reference.py" "${common[@]}" >>"$results"
+  "$python" "$here/reference/bench_reference.py" "${common[@]}" "${pytorch_ops[@]}" >>"$results"
   if [[ $compile == 1 ]]; then
     echo "round $r/$rounds: pytorch compile" >&2
     "$python" "$here/reference/bench_reference.py" "${common[@]}" --compile >>"$results"
@@ -78,3 +91,9 @@ for impl, ms in by.items():
     m = statistics.median(ms)
     print(f"{impl:<18}{m:>28.1f}{first['batch'] / m * 1e3:>12.2f}{m / base:>16.3f}")
 PY
+if [[ $count_ops == 1 ]]; then
+  echo
+  echo "operator calls per step (outermost calls, one step after round 1):"
+  "$python" "$here/compare_ops.py" --names ditlab pytorch "$ops_prefix.ops-ditlab.json" \
+    "$ops_prefix.ops-pytorch.json"
+fi

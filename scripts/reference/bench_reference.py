@@ -96,6 +96,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--count-ops", metavar="FILE",
+                    help="also count the operators of one more step into FILE (JSON, per name), "
+                         "as dit bench --count-ops does")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -143,6 +146,23 @@ def main():
         sync()
         if i >= a.warmup:
             times.append(1e3 * (time.perf_counter() - start))
+    ops_per_step = None
+    if a.count_ops:  # after the timed steps: the profiler slows every call down
+        with torch.autograd.profiler.profile() as prof:
+            step().item()
+            sync()
+        counts = {}
+        for e in prof.function_events:  # outermost operator calls, as ditlab's OpCounter
+            if not e.name.startswith("aten::"):
+                continue
+            parent = e.cpu_parent
+            while parent is not None and not parent.name.startswith("aten::"):
+                parent = parent.cpu_parent
+            if parent is None:
+                counts[e.name] = counts.get(e.name, 0) + 1
+        with open(a.count_ops, "w") as f:
+            json.dump(dict(sorted(counts.items())), f)
+        ops_per_step = sum(counts.values())
     med = statistics.median(times)
     rec = dict(mode="train", impl="pytorch" + ("-compile" if a.compile else "-eager"), model=a.model,
                device=str(device), device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -151,7 +171,7 @@ def main():
                images_per_s=a.batch / (med / 1e3), step_ms_median=med, step_ms_min=min(times),
                step_ms_max=max(times),
                peak_memory_mb=(torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda" else None),
-               torch=torch.__version__)
+               aten_ops_per_step=ops_per_step, torch=torch.__version__)
     print(json.dumps(rec), flush=True)
 
 

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,9 +23,11 @@
 #include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
+#include "src/common/op_counter.h"
 #include "src/common/peak_tflops.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
+#include "src/io/atomic_file.h"
 #include "trainers/experiment.h"
 #include "trainers/sampling.h"
 #include "trainers/training_step.h"
@@ -71,6 +75,26 @@ int bench_data_loading(const ExperimentConfig& config, int64_t batch, int64_t st
   return 0;
 }
 
+// Runs `iteration` once under an OpCounter and writes the counts to `path` as one JSON object
+// (operator name -> calls); returns the total. Counting slows the calls down, so it runs after
+// the timed iterations.
+int64_t count_operators(const std::string& path, const std::function<void()>& iteration) {
+  std::map<std::string, int64_t> counts;
+  {
+    OpCounter counter;
+    iteration();
+    counts = counter.counts();
+  }
+  std::string json = "{";
+  int64_t total = 0;
+  for (const auto& [name, calls] : counts) {
+    json += (json.size() > 1 ? ", \"" : "\"") + name + "\": " + std::to_string(calls);
+    total += calls;
+  }
+  write_file_atomically(path, json + "}\n");
+  return total;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv) {
@@ -84,6 +108,7 @@ int run_bench(int argc, char** argv) {
              {"device", "cpu, cuda or cuda:N (default: cuda when available)"},
              {"threads", "CPU threads (default: LibTorch's)"},
              {"peak-tflops", "device peak for the MFU (default: known GPUs; CPUs: measured matmul)"},
+             {"count-ops", "also count the ATen operators of one more step into FILE (JSON, per name)"},
              {"sample", "time sampling (sample.sampler, sample.steps, sample.cfg_scale) instead", false},
              {"data", "time loading the configured dataset's batches alone (data.*) instead", false}};
   for (auto& flag : model_input_flags()) flags.push_back(flag);
@@ -153,37 +178,45 @@ int run_bench(int argc, char** argv) {
                mc.name, device.str(), device_name, batch, mc.in_channels, mc.input_size,
                mc.input_size, precision, warmup, steps, sample_mode ? "sampling runs" : "steps");
 
+  const std::string ops_file = args.get_or("count-ops", "");
+  int64_t ops_per_iteration = -1;  // -1: not counted
   std::vector<double> step_ms;
   double flops_per_iteration = 0.0;  // model FLOPs of one timed iteration
   if (!sample_mode) {
     TrainingStep step(config, model, device, communicator, /*with_ema=*/true);
     step.model().train();
     flops_per_iteration = 6.0 * macs * static_cast<double>(batch);
+    auto iteration = [&](int64_t i) {
+      StepResult result = step.run(i, data);
+      compat::synchronize(device);
+      if (!result.applied()) spdlog::warn("step {}: non-finite loss (synthetic data)", i + 1);
+    };
     for (int64_t i = 0; i < warmup + steps; ++i) {
       if (i == warmup) compat::reset_peak_memory(device);
       compat::synchronize(device);
       const auto start = Clock::now();
-      StepResult result = step.run(i, data);
-      compat::synchronize(device);
+      iteration(i);
       if (i >= warmup) step_ms.push_back(1e3 * seconds_since(start));
-      if (!result.applied()) spdlog::warn("step {}: non-finite loss (synthetic data)", i + 1);
     }
+    if (!ops_file.empty()) ops_per_iteration = count_operators(ops_file, [&] { iteration(warmup + steps); });
   } else {
     model->to(device);
     const bool guided = config.sample.cfg_scale != 1.0;
     const double evaluations = static_cast<double>(config.sample.steps) * (guided ? 2.0 : 1.0);
     flops_per_iteration = 2.0 * macs * evaluations * static_cast<double>(batch);
+    auto iteration = [&] {
+      compat::AutocastGuard autocast(device.type(), at::kBFloat16, bf16);
+      generate_samples(*model, config.diffusion, config.sample, data.labels, device);
+      compat::synchronize(device);
+    };
     for (int64_t i = 0; i < warmup + steps; ++i) {
       if (i == warmup) compat::reset_peak_memory(device);
       compat::synchronize(device);
       const auto start = Clock::now();
-      {
-        compat::AutocastGuard autocast(device.type(), at::kBFloat16, bf16);
-        generate_samples(*model, config.diffusion, config.sample, data.labels, device);
-      }
-      compat::synchronize(device);
+      iteration();
       if (i >= warmup) step_ms.push_back(1e3 * seconds_since(start));
     }
+    if (!ops_file.empty()) ops_per_iteration = count_operators(ops_file, iteration);
   }
   const double med = median(step_ms);
   const double images_per_s = static_cast<double>(batch) / (med / 1e3);
@@ -191,13 +224,18 @@ int run_bench(int argc, char** argv) {
   // A sampling run's step is one sampler step (one guided network evaluation of the batch).
   const double per_step = sample_mode ? 1.0 / static_cast<double>(config.sample.steps) : 1.0;
   for (double& ms : step_ms) ms *= per_step;
+  char ops_per_step[32] = "null";
+  if (ops_per_iteration >= 0) {
+    std::snprintf(ops_per_step, sizeof(ops_per_step), "%.10g", static_cast<double>(ops_per_iteration) * per_step);
+  }
   std::printf(
       "{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"device_name\": \"%s\", "
       "\"precision\": \"%s\", \"batch\": %lld, \"input_size\": %lld, \"in_channels\": %lld, "
       "\"threads\": %d, \"checkpoint_blocks\": %s, \"cuda_graph\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
       "\"images_per_s\": %.3f, \"step_ms_median\": %.3f, \"step_ms_min\": %.3f, "
       "\"step_ms_max\": %.3f, \"tflops\": %.4g, \"peak_tflops\": %.2f, \"mfu\": %s, "
-      "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"libtorch\": \"%s\"}\n",
+      "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"aten_ops_per_step\": %s, "
+      "\"libtorch\": \"%s\"}\n",
       sample_mode ? "sample" : "train", mc.name.c_str(), device.str().c_str(), device_name.c_str(),
       precision.c_str(), static_cast<long long>(batch), static_cast<long long>(mc.input_size),
       static_cast<long long>(mc.in_channels), at::get_num_threads(),
@@ -208,7 +246,7 @@ int run_bench(int argc, char** argv) {
       *std::max_element(step_ms.begin(), step_ms.end()), tflops, peak,
       peak > 0 ? std::to_string(tflops / peak).c_str() : "null",
       compat::peak_memory_bytes(device) / 1e6, device.is_cuda() ? "cuda_allocated" : "cpu_max_rss",
-      compat::torch_version().c_str());
+      ops_per_step, compat::torch_version().c_str());
   std::fflush(stdout);
   return 0;
 }

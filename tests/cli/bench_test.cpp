@@ -70,6 +70,26 @@ TEST_CASE("dit bench times training steps and sampling and prints one JSON line"
   CHECK_THAT(read_all(dir / "bad.log"), Catch::Contains("--precision must be fp32 or bf16"));
 }
 
+TEST_CASE("dit bench --count-ops writes the step's operator calls by name", "[bench]") {
+  TempDir dir("bench-ops");
+  REQUIRE(run_command("(" + dit_binary() + " bench --model DiT-S/8 --input-size 16 --batch 2 --steps 1 "
+                          "--warmup 1 --threads 1 --count-ops " + (dir / "ops.json") + " 2>/dev/null)",
+                      dir / "train.json") == 0);
+  const std::string line = read_all(dir / "train.json");
+  const std::string ops = read_all(dir / "ops.json");
+  CAPTURE(line, ops);
+  // DiT-S: 12 blocks of 5 linear layers (qkv, proj, two MLP layers, adaLN), the timestep MLP's 2
+  // and the final layer's 2, each called once in the forward (backward calls mm, not linear).
+  CHECK(json_number(ops, "aten::linear") == 5 * 12 + 4);
+  CHECK(json_number(ops, "aten::_foreach_add_") >= 1);  // the optimizer's and EMA's foreach kernels
+  CHECK(json_number(line, "aten_ops_per_step") > 1000);
+  // Without the flag nothing is counted.
+  REQUIRE(run_command("(" + dit_binary() + " bench --model DiT-S/8 --input-size 16 --batch 2 --steps 1 "
+                          "--warmup 0 --threads 1 2>/dev/null)",
+                      dir / "plain.json") == 0);
+  CHECK_THAT(read_all(dir / "plain.json"), Catch::Contains("\"aten_ops_per_step\": null"));
+}
+
 TEST_CASE("dit bench --config times the model at the shape its data gives", "[bench]") {
   TempDir dir("bench-config");
   const std::string config = ditlab::testing::source_dir() + "/configs/debug/dit.yaml";
@@ -98,7 +118,8 @@ TEST_CASE("scripts/race.sh runs ditlab and the PyTorch reference and prints the 
   TempDir dir("race");
   const std::string command = "DIT=" + dit_binary() + " " + ditlab::testing::source_dir() +
                               "/scripts/race.sh --model DiT-S/8 --input-size 16 --batch 2 "
-                              "--threads 1 --rounds 1 --steps 1 --warmup 0 --out " + (dir / "runs.jsonl");
+                              "--threads 1 --rounds 1 --steps 1 --warmup 0 --count-ops --out " +
+                              (dir / "runs.jsonl");
   REQUIRE(run_command(command, dir / "race.log") == 0);
   const std::string out = read_all(dir / "race.log");
   CAPTURE(out);
@@ -106,4 +127,8 @@ TEST_CASE("scripts/race.sh runs ditlab and the PyTorch reference and prints the 
                       Catch::Contains("ditlab"));
   const std::string runs = read_all(dir / "runs.jsonl");
   CHECK(std::count(runs.begin(), runs.end(), '\n') == 2);  // one record per contestant
+  // --count-ops: both contestants' operator calls, compared by name.
+  CHECK_THAT(out, Catch::Contains("operator") && Catch::Contains("total"));
+  CHECK(json_number(read_all(dir / "runs.ops-ditlab.json"), "aten::linear") ==
+        json_number(read_all(dir / "runs.ops-pytorch.json"), "aten::linear"));
 }

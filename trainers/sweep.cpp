@@ -136,7 +136,12 @@ SweepSpec read_sweep(const std::string& path) {
   if (!root["base"] || !root["dir"] || !root["grid"]) throw ConfigError(path + ": base, dir and grid are required");
   const fs::path base = root["base"].as<std::string>();
   spec.base = base.is_absolute() ? base.string() : (fs::path(path).parent_path() / base).lexically_normal().string();
-  spec.dir = root["dir"].as<std::string>();
+  // as<std::string>() reads an empty `dir:` as "null" and throws a bare yaml error on a map.
+  const YAML::Node dir = root["dir"];
+  if (!dir.IsScalar() || dir.Scalar().empty()) {
+    throw ConfigError(path + ": 'dir' must be a non-empty folder path (where the runs go)");
+  }
+  spec.dir = dir.Scalar();
   if (root["overrides"]) spec.overrides = string_list(root["overrides"], path, "overrides");
   if (!root["grid"].IsMap() || root["grid"].size() == 0) {
     throw ConfigError(path + ": 'grid' must map config keys to lists of values");

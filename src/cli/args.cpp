@@ -1,6 +1,7 @@
 #include "src/cli/args.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "src/common/error.h"
@@ -25,11 +26,16 @@ Args::Args(const std::string& command, std::vector<Flag> flags, int argc, char**
       if (flag == flags_.end()) {
         throw UsageError("dit " + command_ + ": unknown option '--" + name + "'\n" + usage());
       }
-      if (flag->takes_value && !inline_value) {
+      if (!flag->takes_value) {
+        // A switch is on by being present: `--ema=false` must not silently mean on.
+        if (inline_value) {
+          throw UsageError("dit " + command_ + ": --" + name + " takes no value (got '" + arg +
+                           "'); leave the option out to turn it off");
+        }
+        value = "true";
+      } else if (!inline_value) {
         if (i + 1 >= argc) throw UsageError("dit " + command_ + ": option '--" + name + "' needs a value");
         value = argv[++i];
-      } else if (!flag->takes_value) {
-        value = "true";
       }
       values_[name] = value;
     } else if (arg.find('=') != std::string::npos) {
@@ -55,6 +61,8 @@ std::string Args::get_or(const std::string& name, const std::string& fallback) c
 std::string Args::require(const std::string& name) const {
   auto v = get(name);
   if (!v) throw UsageError("dit " + command_ + ": option '--" + name + "' is required\n" + usage());
+  // `--config=` would otherwise pass "" on, which callers read as "not given".
+  if (v->empty()) throw UsageError("dit " + command_ + ": option '--" + name + "' needs a non-empty value");
   return *v;
 }
 
@@ -76,10 +84,10 @@ double Args::get_double(const std::string& name, double fallback) const {
   try {
     size_t used = 0;
     double parsed = std::stod(*v, &used);
-    if (used == v->size()) return parsed;
+    if (used == v->size() && std::isfinite(parsed)) return parsed;  // stod reads "nan" and "inf"
   } catch (const std::exception&) {
   }
-  throw UsageError("dit " + command_ + ": option '--" + name + "' expects a number, got '" + *v + "'");
+  throw UsageError("dit " + command_ + ": option '--" + name + "' expects a finite number, got '" + *v + "'");
 }
 
 namespace {
@@ -120,11 +128,11 @@ std::vector<double> Args::get_double_list(const std::string& name, std::vector<d
     try {
       size_t used = 0;
       out.push_back(std::stod(part, &used));
-      if (used == part.size()) continue;
+      if (used == part.size() && std::isfinite(out.back())) continue;
     } catch (const std::exception&) {
     }
     throw UsageError("dit " + command_ + ": option '--" + name +
-                     "' expects comma-separated numbers, got '" + *v + "'");
+                     "' expects comma-separated finite numbers, got '" + *v + "'");
   }
   return out;
 }

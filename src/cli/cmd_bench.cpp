@@ -104,7 +104,7 @@ int run_bench(int argc, char** argv) {
              {"batch", "images per step (default: train.global_batch_size)"},
              {"steps", "timed steps (default 10; with --sample: timed sampling runs, default 2)"},
              {"warmup", "untimed steps first (default 3; with --sample 1)"},
-             {"precision", "fp32 or bf16 (default: bf16 on CUDA, fp32 on CPUs)"},
+             {"precision", "fp32 or bf16 (default: train.precision; if auto, bf16 on CUDA, fp32 on CPUs)"},
              {"device", "cpu, cuda or cuda:N (default: cuda when available)"},
              {"threads", "CPU threads (default: LibTorch's)"},
              {"peak-tflops", "device peak for the MFU (default: known GPUs; CPUs: measured matmul)"},
@@ -144,7 +144,11 @@ int run_bench(int argc, char** argv) {
     warmup = 3;
   }
   const c10::Device device = select_device(args.get_or("device", config.train.device));
-  const std::string precision = args.get_or("precision", device.is_cuda() ? "bf16" : "fp32");
+  // --precision, else train.precision from --config or a train.precision=... override; "auto"
+  // (its default in ExperimentConfig) leaves it to the device: bf16 on CUDA, fp32 on CPUs.
+  std::string precision = config.train.precision;
+  if (precision == "auto") precision = device.is_cuda() ? "bf16" : "fp32";
+  precision = args.get_or("precision", precision);
   if (precision != "fp32" && precision != "bf16") {
     throw UsageError("bench: --precision must be fp32 or bf16, not '" + precision + "'");
   }

@@ -22,14 +22,22 @@ struct SourcedValue {
 };
 using FlatConfig = std::map<std::string, SourcedValue>;
 
+// Configs nest 2 or 3 levels; far deeper is a YAML alias inside its own anchor
+// (`model: &m {x: *m}` is a cyclic node graph), which would recurse until the stack overflows.
+constexpr int kMaxNesting = 64;
+
 // Flattens nested maps into dotted keys; an entry that is not a map is a leaf.
 void flatten(const YAML::Node& node, const std::string& prefix, const std::string& source,
-             FlatConfig& out) {
+             FlatConfig& out, int depth = 0) {
+  if (depth >= kMaxNesting) {
+    throw ConfigError(source + ": key '" + prefix + "' nests more than " + std::to_string(kMaxNesting) +
+                      " levels deep (an alias *name inside its own &name anchor?)");
+  }
   for (const auto& item : node) {
     std::string name = item.first.as<std::string>();
     std::string key = prefix.empty() ? name : prefix + "." + name;
     if (item.second.IsMap()) {
-      flatten(item.second, key, source, out);
+      flatten(item.second, key, source, out, depth + 1);
     } else {
       out[key] = {item.second, source};
     }
@@ -38,6 +46,11 @@ void flatten(const YAML::Node& node, const std::string& prefix, const std::strin
 
 YAML::Node parse_file(const fs::path& path) {
   if (!fs::exists(path)) throw ConfigError("config file not found: " + path.string());
+  // A directory opens, then fails to read with a bare stream error; is_regular_file follows links.
+  if (!fs::is_regular_file(path)) {
+    throw ConfigError("config file " + path.string() + " is not a regular file (a directory?); "
+                      "expected a YAML file");
+  }
   try {
     YAML::Node doc = YAML::LoadFile(path.string());
     if (doc.IsNull()) return YAML::Node(YAML::NodeType::Map);
@@ -60,7 +73,8 @@ void load_chain(const fs::path& path, std::vector<std::string>& stack, FlatConfi
   YAML::Node doc = parse_file(path);
   if (doc["base"]) {
     const YAML::Node& base = doc["base"];
-    if (!base.IsScalar()) {
+    // `base: ""` would name this file's own folder.
+    if (!base.IsScalar() || base.Scalar().empty()) {
       throw ConfigError(path.string() + ": `base:` must be a file path (relative to this file)");
     }
     load_chain(path.parent_path() / base.Scalar(), stack, out);

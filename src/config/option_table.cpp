@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <sstream>
 
@@ -32,11 +33,30 @@ std::string format_double(double v) {
     out.precision(precision);
     out << v;
     s = out.str();
-    if (std::stod(s) == v) break;
+    // strtod, not stod: stod throws out_of_range on subnormals (1e-310) although they read back.
+    if (std::strtod(s.c_str(), nullptr) == v) break;
   }
   // Keep floats recognisable as floats when read back ("1" would parse as an int elsewhere).
   if (s.find_first_of(".eEn") == std::string::npos) s += ".0";
   return s;
+}
+
+// A YAML integer read as decimal: yaml-cpp's as<int64_t>() detects the base, so `010` would be
+// 8 and `0x10` 16. An optional sign, then digits only; false for anything else or out of range.
+bool parse_decimal(const YAML::Node& v, int64_t& out) {
+  if (!v.IsScalar()) return false;
+  const std::string& s = v.Scalar();
+  const size_t first_digit = (!s.empty() && (s[0] == '+' || s[0] == '-')) ? 1 : 0;
+  if (first_digit >= s.size() ||
+      !std::all_of(s.begin() + first_digit, s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return false;
+  }
+  try {
+    out = std::stoll(s, nullptr, 10);
+    return true;
+  } catch (const std::out_of_range&) {
+    return false;
+  }
 }
 
 OptionSpec int_option(const char* key, Accessor<int64_t> field, int64_t lo, int64_t hi,
@@ -46,12 +66,7 @@ OptionSpec int_option(const char* key, Accessor<int64_t> field, int64_t lo, int6
                           : std::to_string(lo) + " .. " + std::to_string(hi);
   auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
     int64_t parsed = 0;
-    try {
-      if (!v.IsScalar()) throw YAML::BadConversion(YAML::Mark());
-      parsed = v.as<int64_t>();
-    } catch (const YAML::Exception&) {
-      bad_value(key, v, src, "an integer (" + range + ")");
-    }
+    if (!parse_decimal(v, parsed)) bad_value(key, v, src, "an integer (" + range + ")");
     if (parsed < lo || parsed > hi) bad_value(key, v, src, "an integer in " + range);
     field(c) = parsed;
   };
@@ -128,12 +143,7 @@ OptionSpec int_list_option(const char* key, Accessor<std::vector<int64_t>> field
     std::vector<int64_t> values;
     for (const auto& item : v) {
       int64_t parsed = 0;
-      try {
-        if (!item.IsScalar()) throw YAML::BadConversion(YAML::Mark());
-        parsed = item.as<int64_t>();
-      } catch (const YAML::Exception&) {
-        bad_value(key, v, src, range);
-      }
+      if (!parse_decimal(item, parsed)) bad_value(key, v, src, range);
       if (parsed < lo || parsed > hi) bad_value(key, v, src, range);
       values.push_back(parsed);
     }

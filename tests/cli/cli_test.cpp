@@ -131,3 +131,44 @@ TEST_CASE("dit flops reports the DiT paper's Gflops and parameters without build
   CHECK(ditlab::testing::run_command(ditlab::testing::dit_binary() + " flops --model DiT-Q/2", log) != 0);
   CHECK_THAT(read_file(log), Catch::Contains("DiT-Q/2") && Catch::Contains("valid names"));
 }
+
+TEST_CASE("dit refuses flag values it would otherwise misread", "[cli]") {
+  TempDir dir("cli-values");
+  const std::string log = dir / "log";
+  // A switch given a value: --docs=false must not mean --docs.
+  CHECK(run_command(dit_binary() + " config --docs=false", log) == 2);
+  CHECK_THAT(read_file(log), Catch::Contains("--docs takes no value"));
+  // Non-finite numbers (stod reads "nan" and "inf").
+  CHECK(run_command(dit_binary() + " bench --model DiT-S/8 --input-size 16 --batch 2 --steps 1 --warmup 0 "
+                                   "--threads 1 --device cpu --peak-tflops nan",
+                    log) == 2);
+  CHECK_THAT(read_file(log), Catch::Contains("--peak-tflops") && Catch::Contains("finite"));
+  // An empty --config is not "no config"; a directory is not a config file.
+  CHECK(run_command(dit_binary() + " config --config=", log) == 2);
+  CHECK_THAT(read_file(log), Catch::Contains("--config"));
+  CHECK(run_command(dit_binary() + " flops --config=", log) == 2);
+  CHECK_THAT(read_file(log), Catch::Contains("--config"));
+  CHECK(run_command(dit_binary() + " config --config " + dir.path(), log) == 1);
+  CHECK_THAT(read_file(log), Catch::Contains(dir.path()) && Catch::Contains("not a regular file"));
+}
+
+TEST_CASE("dit flops prices only the models DiT would build", "[cli]") {
+  TempDir dir("flops-bad");
+  const std::string log = dir / "log";
+  CHECK(run_command(dit_binary() + " flops --model DiT-S/4 --input-size 30", log) == 1);
+  CHECK_THAT(read_file(log), Catch::Contains("model.input_size 30") && Catch::Contains("model.patch_size 4"));
+  CHECK(run_command(dit_binary() + " flops --model DiT-S/4 --input-size 2", log) == 1);
+  CHECK_THAT(read_file(log), Catch::Contains("model.input_size 2"));
+  CHECK(run_command(dit_binary() + " flops --model DiT-S/4 --input-size 32", log) == 0);
+}
+
+TEST_CASE("dit bench takes train.precision from the config unless --precision is given", "[cli]") {
+  TempDir dir("bench-precision");
+  // On the CPU the device's default is fp32: bf16 can only come from train.precision.
+  const std::string bench = dit_binary() + " bench --model DiT-S/8 --input-size 16 --batch 2 --steps 1 "
+                                           "--warmup 0 --threads 1 --device cpu train.precision=bf16";
+  REQUIRE(run_command(bench, dir / "config.log") == 0);
+  CHECK_THAT(read_file(dir / "config.log"), Catch::Contains("\"precision\": \"bf16\""));
+  REQUIRE(run_command(bench + " --precision fp32", dir / "flag.log") == 0);
+  CHECK_THAT(read_file(dir / "flag.log"), Catch::Contains("\"precision\": \"fp32\""));
+}

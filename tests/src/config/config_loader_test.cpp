@@ -149,3 +149,79 @@ TEST_CASE("every shipped config loads", "[config]") {
   }
   CHECK(count >= 3);
 }
+
+TEST_CASE("integers are decimal: a leading zero is not octal, 0x is not hex", "[config]") {
+  TempDir dir("cfg");
+  // yaml-cpp's own conversion detects the base: 010 would be 8, 0x10 16.
+  write(dir / "int.yaml", "train:\n  seed: 010\nmodel:\n  level_depths: [010, +2]\n");
+  auto c = load_experiment_config(dir / "int.yaml");
+  CHECK(c.train.seed == 10);
+  CHECK(c.model.level_depths == std::vector<int64_t>{10, 2});
+  CHECK(load_experiment_config("", {"train.seed=010"}).train.seed == 10);
+  write(dir / "hex.yaml", "train:\n  seed: 0x10\n");
+  auto msg = config_error([&] { load_experiment_config(dir / "hex.yaml"); });
+  CHECK_THAT(msg, Catch::Contains("hex.yaml") && Catch::Contains("train.seed") &&
+                      Catch::Contains("'0x10'") && Catch::Contains("an integer"));
+  write(dir / "hex_list.yaml", "model:\n  level_depths: [1, 0x10]\n");
+  msg = config_error([&] { load_experiment_config(dir / "hex_list.yaml"); });
+  CHECK_THAT(msg, Catch::Contains("hex_list.yaml") && Catch::Contains("model.level_depths") &&
+                      Catch::Contains("a list of integers"));
+  CHECK_THAT(config_error([] { load_experiment_config("", {"train.seed=99999999999999999999"}); }),
+             Catch::Contains("train.seed") && Catch::Contains("an integer"));
+}
+
+TEST_CASE("a subnormal float reads back from the resolved YAML", "[config]") {
+  // Formatting it used std::stod, which throws a bare out_of_range("stod") on subnormals.
+  auto c = load_experiment_config("", {"train.adam_eps=1e-310"});
+  CHECK(c.train.adam_eps == 1e-310);
+  ExperimentConfig back;
+  apply_yaml_text(back, to_yaml(c), "resolved");
+  CHECK(back.train.adam_eps == c.train.adam_eps);
+  CHECK(differing_keys(c, back).empty());
+}
+
+TEST_CASE("an alias inside its own anchor is an error naming the key, not a stack overflow", "[config]") {
+  TempDir dir("cfg");
+  // yaml-cpp builds this into a cyclic node graph: model.x is model itself.
+  write(dir / "cycle.yaml", "model: &m {depth: 2, x: *m}\n");
+  auto msg = config_error([&] { load_experiment_config(dir / "cycle.yaml"); });
+  CHECK_THAT(msg, Catch::Contains("cycle.yaml") && Catch::Contains("'model.x.x.x") &&
+                      Catch::Contains("levels deep"));
+  // A merely very deep map stops at the same limit.
+  std::string deep = "a: ";
+  for (int i = 0; i < 100; ++i) deep += "{k: ";
+  deep += "1" + std::string(100, '}') + "\n";
+  write(dir / "deep.yaml", deep);
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "deep.yaml"); }),
+             Catch::Contains("deep.yaml") && Catch::Contains("'a.k.k") && Catch::Contains("levels deep"));
+}
+
+TEST_CASE("a config or base that is a directory or an empty path is refused, naming it", "[config]") {
+  namespace fs = std::filesystem;
+  TempDir dir("cfg");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir.path()); }),
+             Catch::Contains(dir.path()) && Catch::Contains("not a regular file"));
+  write(dir / "dot.yaml", "base: .\ntrain:\n  seed: 3\n");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "dot.yaml"); }),
+             Catch::Contains(dir.path()) && Catch::Contains("not a regular file"));
+  write(dir / "empty.yaml", "base: \"\"\ntrain:\n  seed: 3\n");
+  CHECK_THAT(config_error([&] { load_experiment_config(dir / "empty.yaml"); }),
+             Catch::Contains("empty.yaml") && Catch::Contains("`base:` must be a file path"));
+  // A link to a file is followed.
+  write(dir / "real.yaml", "train:\n  seed: 5\n");
+  fs::create_symlink(dir / "real.yaml", dir / "link.yaml");
+  CHECK(load_experiment_config(dir / "link.yaml").train.seed == 5);
+}
+
+TEST_CASE("a sweep's dir must be a non-empty path", "[config][sweep]") {
+  TempDir dir("cfg");
+  // Empty (as<std::string>() gave "null"), an empty string, a map (a bare yaml bad conversion).
+  for (const char* value : {"", " \"\"", " {a: 1}"}) {
+    write(dir / "sweep.yaml", std::string("base: base.yaml\ndir:") + value + "\ngrid:\n  model.depth: [1]\n");
+    INFO("dir:" << value);
+    CHECK_THAT(config_error([&] { read_sweep(dir / "sweep.yaml"); }),
+               Catch::Contains("sweep.yaml") && Catch::Contains("'dir'"));
+  }
+  write(dir / "sweep.yaml", "base: base.yaml\ndir: runs/x\ngrid:\n  model.depth: [1]\n");
+  CHECK(read_sweep(dir / "sweep.yaml").dir == "runs/x");
+}

@@ -155,6 +155,7 @@ Checkpoint load_checkpoint(const std::string& dir) {
   c.trainer_state = std::move(state.tensors);
   c.trainer_metadata = std::move(state.metadata);
   c.config_yaml = read_file(dir + "/config.yaml");
+  c.dir = dir;
   return c;
 }
 
@@ -181,6 +182,12 @@ void set_aside_checkpoints_after(const std::string& run_dir, int64_t step) {
     std::error_code ec;
     fs::remove_all(aside, ec);
     fs::rename(dir, aside, ec);
+    // Left in place, it would outrank the resumed branch: its pruning would delete the new
+    // checkpoints first, and a later --resume auto would go back to this one.
+    if (ec) {
+      throw IoError("cannot set " + dir + " aside (to " + aside + ") before resuming from step " +
+                    std::to_string(step) + ": " + ec.message() + "; move or remove it by hand");
+    }
   }
 }
 

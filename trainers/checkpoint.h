@@ -28,6 +28,7 @@ struct Checkpoint {
   std::map<std::string, at::Tensor> model, ema, optimizer, trainer_state;
   std::map<std::string, std::string> trainer_metadata;  // step, epoch, position, seed, ...
   std::string config_yaml;
+  std::string dir;  // the folder it was read from (empty for one being written)
 };
 
 // Writes checkpoints/step-<step>/ atomically, moves `latest`, then deletes all but the newest

@@ -11,7 +11,7 @@ bool free_on_resume(const std::string& key) {
       "train.steps",      "train.log_every", "train.threads",     "train.device",
       "train.max_bad_steps", "data.prefetch", "checkpoint.every", "checkpoint.keep",
       "checkpoint.keep_every", "run.dir", "train.dist_backend", "train.dist_timeout_s",
-      "train.grad_bucket_mb", "train.grad_reduce_overlap", "train.grad_reduce_dtype",
+      "train.grad_bucket_mb", "train.grad_reduce_overlap",  // not grad_reduce_dtype: bf16 sums round
       "train.init_from", "train.peak_tflops"};  // a resumed run takes its weights from the checkpoint
   for (const auto& k : kFree) {
     if (key == k) return true;

@@ -9,6 +9,7 @@
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
+#include "src/io/safetensors.h"
 #include "trainers/resume.h"
 
 namespace ditlab {
@@ -69,7 +70,7 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
   // A checkpoint at the last step resumes only to write what a kill after it prevented (the
   // final weights), or, with --resume auto, to find the run finished (train() then does nothing,
   // so that a re-queued job of a finished run succeeds). Asked explicitly, it is an error.
-  const bool finished = run_is_finished(dir);
+  const bool finished = run_is_finished(dir, config.train.steps);
   const bool nothing_to_do = found->step == config.train.steps && finished && options.resume != "auto";
   if (found->step > config.train.steps || nothing_to_do) {
     throw ConfigError("the checkpoint is at step " + std::to_string(found->step) +
@@ -79,8 +80,21 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
   return found;
 }
 
-bool run_is_finished(const std::string& dir) {
-  return fs::exists(fs::path(dir) / "model.safetensors") && fs::exists(fs::path(dir) / "ema.safetensors");
+bool run_is_finished(const std::string& dir, int64_t steps) {
+  // Both final files, each written at `steps`: a run trained longer keeps the shorter run's
+  // files until its own end, and a kill between the two writes leaves them at different steps.
+  for (const char* name : {"model.safetensors", "ema.safetensors"}) {
+    const fs::path path = fs::path(dir) / name;
+    if (!fs::exists(path)) return false;
+    try {
+      const auto metadata = map_safetensors(path.string()).metadata;
+      const auto step = metadata.find("step");
+      if (step == metadata.end() || step->second != std::to_string(steps)) return false;
+    } catch (const Error&) {
+      return false;  // unreadable (cut short by a kill): not finished, the resume rewrites it
+    }
+  }
+  return true;
 }
 
 void prepare_run_directory(const ExperimentConfig& config, const TrainOptions& options,

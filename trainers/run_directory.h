@@ -1,5 +1,6 @@
 // The run directory at the start of training: a fresh one, or the one a resume continues.
 #pragma once
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -19,8 +20,9 @@ std::optional<Checkpoint> find_resume_checkpoint(const ExperimentConfig& config,
 // `options.resume` is "auto" (then the leftovers of a run killed before its first checkpoint
 // are removed). Resuming: sets newer checkpoints aside and drops the metrics records the
 // resumed run will log again.
-// Whether `dir` holds a run's final weights (model.safetensors and ema.safetensors).
-bool run_is_finished(const std::string& dir);
+// Whether `dir` holds a run's final weights (model.safetensors and ema.safetensors), both
+// written at step `steps`.
+bool run_is_finished(const std::string& dir, int64_t steps);
 
 void prepare_run_directory(const ExperimentConfig& config, const TrainOptions& options,
                            const std::optional<Checkpoint>& resume_from);

@@ -106,12 +106,20 @@ class Trainer {
 
   // Continues from `c`: weights, EMA, optimizer moments, RNG and the open logging window.
   void restore(const Checkpoint& c) {
-    const std::string source = "checkpoint of step " + std::to_string(c.step);
-    load_state_dict(step_.model(), c.model, source + " (model)");
-    if (step_.ema()) load_state_dict(step_.ema()->shadow(), c.ema, source + " (ema)");
-    load_adamw_state(step_.optimizer(), step_.trainable(), c.optimizer, source + " (optimizer)");
+    const std::string source = c.dir.empty() ? "checkpoint of step " + std::to_string(c.step) : c.dir;
+    load_state_dict(step_.model(), c.model, source + "/model.safetensors");
+    if (step_.ema()) load_state_dict(step_.ema()->shadow(), c.ema, source + "/ema.safetensors");
+    load_adamw_state(step_.optimizer(), step_.trainable(), c.optimizer, source + "/optimizer.safetensors");
     step_.optimizer_state_changed();
-    // The checkpoint is read by every rank from the same file; nothing else to agree on.
+    // A file that verifies but lacks what is read below (written by something else) is refused
+    // naming it, not with a bare lookup error.
+    for (const char* key : {"rng.cpu", "window.loss_sum", "window.mse_sum", "window.vb_sum",
+                            "window.grad_norm_sum", "window.steps", "window.images"}) {
+      if (c.trainer_state.count(key) == 0) {
+        throw IoError(source + "/trainer_state.safetensors: no tensor '" + key + "'");
+      }
+    }
+    // Every rank loaded the checkpoint rank 0 chose (train()); nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
     cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
     window_.from_tensors(c.trainer_state);
@@ -353,8 +361,36 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
   run_on_main_rank(communicator, device, "locking the run directory " + config.run.dir,
                    [&] { run_dir_lock.emplace(config.run.dir, "dit train"); });
 
-  std::optional<Checkpoint> resume_from = find_resume_checkpoint(config, options);
-  if (resume_from && resume_from->step == config.train.steps && run_is_finished(config.run.dir)) {
+  // Rank 0 chooses where the run resumes, or finds it finished, and every other rank loads that
+  // same checkpoint: ranks looking on their own could start from different steps (a run.dir
+  // local to each node, a checkpoint written between two looks) and train on, silently apart.
+  std::optional<Checkpoint> resume_from;
+  bool finished = false;
+  run_on_main_rank(communicator, device, "finding the checkpoint to resume from in " + config.run.dir, [&] {
+    resume_from = find_resume_checkpoint(config, options);
+    finished = resume_from && resume_from->step == config.train.steps &&
+               run_is_finished(config.run.dir, config.train.steps);
+  });
+  at::Tensor decision = at::tensor({resume_from ? resume_from->step : int64_t{-1}, int64_t{finished}})
+                            .to(device);
+  communicator.broadcast({decision});
+  decision = decision.cpu();
+  const int64_t resume_step = decision[0].item<int64_t>();
+  finished = decision[1].item<int64_t>() != 0;
+  const std::string chosen = options.resume != "auto" ? options.resume
+                            : resume_step >= 0    ? config.run.dir + "/checkpoints/" + step_name(resume_step)
+                                                  : std::string();
+  run_on_every_rank(communicator, device, "loading the checkpoint rank 0 resumes from, " + chosen, [&] {
+    if (communicator.is_main() || resume_step < 0 || finished) return;
+    try {
+      resume_from = load_checkpoint(chosen);
+    } catch (const Error& e) {
+      throw IoError("rank " + std::to_string(communicator.rank()) + " cannot read the checkpoint rank 0 "
+                    "resumes from (step " + std::to_string(resume_step) + ") at " + chosen + ": " +
+                    e.what() + "; run.dir must be a folder every rank sees the same");
+    }
+  });
+  if (finished) {
     // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched
     // but the lock file.
     if (communicator.is_main()) {

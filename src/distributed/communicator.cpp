@@ -287,10 +287,13 @@ void Communicator::barrier() {
 #endif
 }
 
-void run_on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
-                      const std::function<void()>& section) {
+namespace {
+// Runs `section` where `runs`, then tells every rank how many ranks failed: a failed rank
+// rethrows its own error, the others throw one saying who failed.
+void run_and_agree(Communicator& communicator, const c10::Device& device, bool runs,
+                   const std::function<void()>& section, const std::function<std::string(int)>& others_error) {
   std::exception_ptr error;
-  if (communicator.is_main()) {
+  if (runs) {
     try {
       section();
     } catch (...) {
@@ -300,7 +303,23 @@ void run_on_main_rank(Communicator& communicator, const c10::Device& device, con
   at::Tensor failed = at::full({1}, error ? 1.0f : 0.0f, at::TensorOptions().device(device));
   communicator.all_reduce_sum(failed);
   if (error) std::rethrow_exception(error);
-  if (failed.item<float>() > 0) throw Error("rank 0 failed while " + what + "; its log says why");
+  const int failures = static_cast<int>(failed.item<float>());
+  if (failures > 0) throw Error(others_error(failures));
+}
+}  // namespace
+
+void run_on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                      const std::function<void()>& section) {
+  run_and_agree(communicator, device, communicator.is_main(), section,
+                [&](int) { return "rank 0 failed while " + what + "; its log says why"; });
+}
+
+void run_on_every_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                       const std::function<void()>& section) {
+  run_and_agree(communicator, device, true, section, [&](int failures) {
+    return std::to_string(failures) + (failures == 1 ? " other rank" : " other ranks") + " failed while " +
+           what + "; " + (failures == 1 ? "its log says" : "their logs say") + " why";
+  });
 }
 
 }  // namespace ditlab

@@ -88,5 +88,9 @@ class Communicator {
 // rethrows its own error. `device` holds the flag (CUDA for NCCL).
 void run_on_main_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
                       const std::function<void()>& section);
+// The same with `section` run on every rank: a rank whose section failed rethrows its error, the
+// others stop with "N other rank(s) failed while <what>".
+void run_on_every_rank(Communicator& communicator, const c10::Device& device, const std::string& what,
+                       const std::function<void()>& section);
 
 }  // namespace ditlab

@@ -146,6 +146,37 @@ TEST_CASE("a bf16 gradient all-reduce the backend cannot do is a clear error", "
   }
 }
 
+TEST_CASE("every rank resumes from the checkpoint rank 0 chooses", "[distributed][resume]") {
+  TempDir dir("ddp-resume");
+  const std::string common = "train.steps=4 train.log_every=2 ";
+  REQUIRE(run_command(train_command("train.steps=2 train.log_every=2 run.dir=" + (dir / "run")), dir / "first.log") == 0);
+  // Rank 1 looks into another folder (a run.dir on a disk of its own): it cannot load the
+  // checkpoint rank 0 resumes from, and both stop with an error instead of rank 1 starting over.
+  pid_t rank0 = start_rank(0, 2, 29643, common + "--resume auto run.dir=" + (dir / "run"), dir / "rank0.log");
+  pid_t rank1 = start_rank(1, 2, 29643, common + "--resume auto run.dir=" + (dir / "elsewhere"), dir / "rank1.log");
+  CHECK(wait_for(rank0) == 1);
+  CHECK(wait_for(rank1) == 1);
+  const std::string log0 = read_file(dir / "rank0.log"), log1 = read_file(dir / "rank1.log");
+  INFO(log0 << "\n---\n" << log1);
+  CHECK_THAT(log1, Catch::Contains("rank 1 cannot read the checkpoint rank 0 resumes from (step 2) at " +
+                                   (dir / "elsewhere/checkpoints/step-00000002")) &&
+                       Catch::Contains("every rank sees the same"));
+  CHECK_THAT(log0, Catch::Contains("1 other rank failed while loading the checkpoint rank 0 resumes from"));
+  CHECK_FALSE(fs::exists(dir / "run/checkpoints/step-00000004"));
+  // Sharing the folder, they resume together and end where one uninterrupted rank does.
+  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29644 -- " +
+                          train_command(common + "--resume auto run.dir=" + (dir / "run")),
+                      dir / "resumed.log") == 0);
+  CHECK_THAT(read_file(dir / "resumed.log"), Catch::Contains("resumed from step 2"));
+  REQUIRE(run_command(train_command(common + "run.dir=" + (dir / "one")), dir / "one.log") == 0);
+  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
+  auto two = read_safetensors(dir / "run/model.safetensors").tensors;
+  double max_diff = 0;
+  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  INFO("max |1 rank - 2 ranks resumed| = " << max_diff);
+  CHECK(max_diff < 1e-4);
+}
+
 TEST_CASE("a rank that dies makes the others fail with an error, not hang", "[distributed]") {
   TempDir dir("ddp");
   const std::string args = "train.steps=100000 train.dist_timeout_s=20 run.dir=" + (dir / "run");

@@ -97,6 +97,9 @@ TEST_CASE("a resumed run must keep the maths of the checkpoint", "[resume]") {
   resume.resume = "auto";
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "train.lr=0.5"}), resume),
                     Catch::Contains("train.lr: checkpoint 0.001, now 0.5"));
+  // bf16 gradient sums round differently from fp32 ones: a change of the maths too.
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=6", "train.grad_reduce_dtype=bf16"}), resume),
+                    Catch::Contains("train.grad_reduce_dtype: checkpoint fp32, now bf16"));
   // A finished run: --resume auto has nothing to do (a re-queued job succeeds), an explicit
   // checkpoint at the last step is an error.
   const auto weights_before = std::filesystem::last_write_time(dir / "run/model.safetensors");
@@ -126,6 +129,37 @@ TEST_CASE("a resumed run must keep the maths of the checkpoint", "[resume]") {
   CHECK(train(config_for(dir / "other", {"train.steps=5", "train.lr=0.0005"}), from_path).start_step == 3);
   // Without --resume, an existing run is never overwritten.
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=8"})), Catch::Contains("--resume auto"));
+}
+
+TEST_CASE("a run trained longer is finished only when both final files are at its last step", "[resume]") {
+  namespace fs = std::filesystem;
+  TempDir dir("resume");
+  train(config_for(dir / "run", {"train.steps=3"}));
+  fs::copy_file(dir / "run/model.safetensors", dir / "model-3.safetensors");
+  fs::copy_file(dir / "run/ema.safetensors", dir / "ema-3.safetensors");
+  TrainOptions resume;
+  resume.resume = "auto";
+  CHECK(train(config_for(dir / "run", {"train.steps=5"}), resume).start_step == 3);
+  auto final_step = [&](const std::string& name) {
+    return map_safetensors(dir / ("run/" + name)).metadata.at("step");
+  };
+  CHECK(final_step("model.safetensors") == "5");
+  // Killed after the step-5 checkpoint, before the final files were replaced (both, then one):
+  // a re-queued --resume auto writes them instead of calling the run finished.
+  for (const bool only_ema : {false, true}) {
+    if (!only_ema) fs::copy_file(dir / "model-3.safetensors", dir / "run/model.safetensors",
+                                 fs::copy_options::overwrite_existing);
+    fs::copy_file(dir / "ema-3.safetensors", dir / "run/ema.safetensors", fs::copy_options::overwrite_existing);
+    INFO("only the EMA left at step 3: " << only_ema);
+    auto again = train(config_for(dir / "run", {"train.steps=5"}), resume);
+    CHECK(again.start_step == 5);
+    CHECK(final_step("model.safetensors") == "5");
+    CHECK(final_step("ema.safetensors") == "5");
+  }
+  // Now it is finished: nothing is rewritten.
+  const auto written = fs::last_write_time(dir / "run/ema.safetensors");
+  train(config_for(dir / "run", {"train.steps=5"}), resume);
+  CHECK(fs::last_write_time(dir / "run/ema.safetensors") == written);
 }
 
 TEST_CASE("resume auto starts fresh when there is no checkpoint", "[resume]") {

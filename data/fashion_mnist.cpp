@@ -3,55 +3,90 @@
 #include <ATen/ATen.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <vector>
 
 #include "src/common/error.h"
 
 namespace ditlab {
 namespace fs = std::filesystem;
 
+namespace {
+
+// At most 2^32 values (4 GiB): far beyond any IDX dataset (Fashion-MNIST's train images are 47M),
+// and a bound on what a crafted header can make us allocate.
+constexpr uint64_t kMaxIdxValues = uint64_t{1} << 32;
+
+using GzFile = std::unique_ptr<gzFile_s, int (*)(gzFile)>;
+
+// Up to `size` decompressed bytes into `out`; fewer only where the stream ends.
+size_t read_gz(gzFile file, const std::string& path, uint8_t* out, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    // gzread takes an unsigned count and returns an int: at most 1 GiB per call.
+    const auto want = static_cast<unsigned>(std::min<size_t>(size - done, size_t{1} << 30));
+    const int n = gzread(file, out + done, want);
+    if (n <= 0) {
+      int error = Z_OK;
+      const char* message = gzerror(file, &error);
+      if (n < 0 || (error != Z_OK && error != Z_STREAM_END)) {
+        throw IoError("'" + path + "' is not a readable gzip file: " + (message ? message : ""));
+      }
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+}  // namespace
+
 at::Tensor read_idx_gz(const std::string& path) {
   if (!fs::exists(path)) {
     throw IoError("Fashion-MNIST file not found: '" + path +
                   "' (install Debian's dataset-fashion-mnist, or set data.path)");
   }
-  gzFile file = gzopen(path.c_str(), "rb");
+  GzFile file(gzopen(path.c_str(), "rb"), gzclose);
   if (!file) throw IoError("cannot open '" + path + "'");
-  std::vector<uint8_t> bytes;
-  uint8_t chunk[1 << 16];
-  int n = 0;
-  while ((n = gzread(file, chunk, sizeof(chunk))) > 0) bytes.insert(bytes.end(), chunk, chunk + n);
-  int error = 0;
-  const char* message = gzerror(file, &error);
-  std::string why = message ? message : "";
-  gzclose(file);
-  if (n < 0 || (error != Z_OK && error != Z_STREAM_END)) {
-    throw IoError("'" + path + "' is not a readable gzip file: " + why);
-  }
-  auto be32 = [&](size_t at) {
-    return (uint32_t(bytes[at]) << 24) | (uint32_t(bytes[at + 1]) << 16) |
-           (uint32_t(bytes[at + 2]) << 8) | uint32_t(bytes[at + 3]);
-  };
-  // IDX: two zero bytes, a type byte (0x08 = uint8), the number of dimensions, then each size.
-  if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08) {
+  // IDX: two zero bytes, a type byte (0x08 = uint8), the number of dimensions, then each size as
+  // a big-endian uint32. The header is read first and then exactly the values it promises, so a
+  // small file that decompresses without end cannot make us allocate without bound.
+  uint8_t magic[4];
+  if (read_gz(file.get(), path, magic, 4) < 4 || magic[0] != 0 || magic[1] != 0 ||
+      magic[2] != 0x08) {
     throw IoError("'" + path + "' is not an IDX file of uint8 values");
   }
-  const size_t dims = bytes[3];
-  if (dims < 1 || bytes.size() < 4 + 4 * dims) throw IoError("'" + path + "': truncated IDX header");
-  std::vector<int64_t> shape;
-  size_t count = 1;
-  for (size_t d = 0; d < dims; ++d) {
-    shape.push_back(be32(4 + 4 * d));
-    count *= static_cast<size_t>(shape.back());
+  const size_t dims = magic[3];
+  std::vector<uint8_t> sizes(4 * dims);
+  if (dims < 1 || read_gz(file.get(), path, sizes.data(), sizes.size()) < sizes.size()) {
+    throw IoError("'" + path + "': truncated IDX header");
   }
-  const size_t offset = 4 + 4 * dims;
-  if (bytes.size() != offset + count) {
-    throw IoError("'" + path + "': IDX header promises " + std::to_string(count) +
-                  " values, the file holds " + std::to_string(bytes.size() - offset) +
-                  " (truncated or corrupt)");
+  std::vector<int64_t> shape;
+  std::string shape_text;
+  uint64_t count = 1;
+  for (size_t d = 0; d < dims; ++d) {
+    const uint8_t* be = sizes.data() + 4 * d;
+    const uint64_t dim =
+        (uint64_t{be[0]} << 24) | (uint64_t{be[1]} << 16) | (uint64_t{be[2]} << 8) | be[3];
+    shape.push_back(static_cast<int64_t>(dim));
+    shape_text += (d ? ", " : "") + std::to_string(dim);
+    // Checked: an unchecked product wraps (2^22 * 2^22 * 2^20 = 0 in 64 bits).
+    if (dim != 0 && count > kMaxIdxValues / dim) {
+      throw IoError("'" + path + "': IDX dimensions [" + shape_text +
+                    (d + 1 < dims ? ", ..." : "") + "] hold more than 2^32 values (corrupt header)");
+    }
+    count *= dim;
   }
   auto out = at::empty(shape, at::TensorOptions().dtype(at::kByte));
-  std::memcpy(out.data_ptr(), bytes.data() + offset, count);
+  const size_t got = read_gz(file.get(), path, out.data_ptr<uint8_t>(), count);
+  uint8_t extra = 0;
+  if (got != count || read_gz(file.get(), path, &extra, 1) != 0) {
+    throw IoError("'" + path + "': IDX header promises " + std::to_string(count) +
+                  " values, the file holds " + (got < count ? std::to_string(got) : "more") +
+                  " (truncated or corrupt)");
+  }
   return out;
 }
 
@@ -82,11 +117,13 @@ FashionMnist::FashionMnist(const std::string& folder, const std::string& split,
     std::string label_path = (fs::path(folder) / (prefix + "-labels-idx1-ubyte.gz")).string();
     auto im = read_idx_gz(image_path);
     auto lb = read_idx_gz(label_path);
-    if (im.dim() != 3 || lb.dim() != 1 || im.size(0) != lb.size(0)) {
+    // Fashion-MNIST's images are 28x28; fit_size pads or resizes square images only.
+    if (im.dim() != 3 || lb.dim() != 1 || im.size(0) != lb.size(0) || im.size(1) != 28 ||
+        im.size(2) != 28) {
       throw IoError("'" + image_path + "' and '" + label_path +
                     "' do not hold matching images [N, 28, 28] and labels [N]");
     }
-    if (lb.max().item<int64_t>() >= 10) throw IoError("'" + label_path + "': label >= 10");
+    if (lb.numel() > 0 && lb.max().item<int64_t>() >= 10) throw IoError("'" + label_path + "': label >= 10");
     images.push_back(im);
     labels.push_back(lb.to(at::kLong));
   }

@@ -19,6 +19,9 @@ namespace {
 
 constexpr const char* kFormat = "ditlab-latent-cache";
 constexpr int kVersion = 1;
+// The largest count and shard_size a manifest may give: far beyond any dataset, and small enough
+// that count + shard_size and shard * shard_size cannot overflow int64.
+constexpr int64_t kMaxEntries = int64_t{1} << 40;
 
 std::string json_number(double value) {
   char buf[32];
@@ -180,7 +183,13 @@ LatentCacheManifest read_latent_manifest(const std::string& cache_dir) {
   get("autoencoder.downsampling", m.autoencoder.downsampling);
   get("autoencoder.scaling_factor", m.autoencoder.scaling_factor);
   auto bad = [&](const std::string& what) { return IoError(file + ": " + what); };
-  if (m.count <= 0 || m.shard_size <= 0) throw bad("count and shard_size must be positive");
+  auto check_entries = [&](const std::string& key, int64_t value) {
+    if (value < 1 || value > kMaxEntries) {
+      throw bad("key '" + key + "' is " + std::to_string(value) + ", expected 1 to 2^40");
+    }
+  };
+  check_entries("count", m.count);
+  check_entries("shard_size", m.shard_size);
   if (m.latent_shape.size() != 3) throw bad("latent_shape must be [channels, height, width]");
   if (m.store != "moments" && m.store != "sample") throw bad("store must be moments or sample");
   if (m.orientations != 1 && m.orientations != 2) throw bad("orientations must be 1 or 2");
@@ -213,8 +222,12 @@ uint32_t crc32_of_tensor(const at::Tensor& t) {
 }
 }  // namespace
 
-std::map<std::string, std::string> latent_shard_metadata(const LatentCacheManifest& m, const at::Tensor& latents) {
-  return {{"fingerprint", m.fingerprint()}, {"latents_crc32", std::to_string(crc32_of_tensor(latents))}};
+std::map<std::string, std::string> latent_shard_metadata(const LatentCacheManifest& m,
+                                                         const at::Tensor& latents,
+                                                         const at::Tensor& labels) {
+  return {{"fingerprint", m.fingerprint()},
+          {"latents_crc32", std::to_string(crc32_of_tensor(latents))},
+          {"labels_crc32", std::to_string(crc32_of_tensor(labels))}};
 }
 
 LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheManifest& m, int64_t shard,
@@ -250,6 +263,20 @@ LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheMan
     auto crc = file.metadata.find("latents_crc32");
     if (crc == file.metadata.end() || crc->second != std::to_string(crc32_of_tensor(s.latents))) {
       throw bad("its latents do not match their stored checksum (the file is corrupt)");
+    }
+    // Caches written before labels had a checksum lack it; their labels are range-checked below.
+    crc = file.metadata.find("labels_crc32");
+    if (crc != file.metadata.end() && crc->second != std::to_string(crc32_of_tensor(s.labels))) {
+      throw bad("its labels do not match their stored checksum (the file is corrupt)");
+    }
+  }
+  // A label num_classes would train as the null (unconditional) class, a larger one indexes past
+  // the class embedding: both are refused here, which reads n * 8 bytes of the shard.
+  const int64_t* labels = s.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    if (labels[i] < 0 || labels[i] >= m.num_classes) {
+      throw bad("label " + std::to_string(labels[i]) + " of entry " + std::to_string(i) +
+                " is outside [0, " + std::to_string(m.num_classes) + ") (num_classes in the manifest)");
     }
   }
   return s;

@@ -68,18 +68,21 @@ void require_same_settings(const std::string& cache_dir, const LatentCacheManife
                            const LatentCacheManifest& wanted);
 
 // One shard, mapped: its latents and labels after checking them against the manifest. Throws
-// IoError naming the file when it is truncated, belongs to another cache, or has other shapes;
-// with `verify_data`, also when its latents do not match the CRC-32 stored with them (this reads
-// the whole shard, so training, which opens every shard, skips it).
+// IoError naming the file when it is truncated, belongs to another cache, has other shapes, or a
+// label outside [0, num_classes); with `verify_data`, also when its latents or labels do not match
+// the CRC-32 stored with them (this reads the whole shard, so training, which opens every shard,
+// skips it; shards written before labels had a checksum are checked for their latents only).
 struct LatentShard {
   at::Tensor latents;  // [n, orientations, parts, C, h, w], viewing the mapped file (read-only)
   at::Tensor labels;   // [n] int64, viewing the mapped file (read-only)
 };
 LatentShard open_latent_shard(const std::string& cache_dir, const LatentCacheManifest& manifest,
                               int64_t shard, bool verify_data = false);
-// The metadata `dit encode` stores with a shard's tensors.
+// The metadata `dit encode` stores with a shard's tensors: the manifest's fingerprint and the
+// CRC-32 of the latents and of the labels.
 std::map<std::string, std::string> latent_shard_metadata(const LatentCacheManifest& manifest,
-                                                         const at::Tensor& latents);
+                                                         const at::Tensor& latents,
+                                                         const at::Tensor& labels);
 
 class LatentCache : public Dataset {
  public:

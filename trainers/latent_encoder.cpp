@@ -143,7 +143,7 @@ void encode_shard(const Dataset& data, const AutoencoderStage& stage, const Late
     labels.narrow(0, b, count).copy_(batch.labels);
     on_images(count);
   }
-  auto metadata = latent_shard_metadata(m, latents);
+  auto metadata = latent_shard_metadata(m, latents, labels);
   metadata["first"] = std::to_string(first);
   metadata["count"] = std::to_string(n);
   write_safetensors(dir + "/" + LatentCacheManifest::shard_file(shard),

@@ -61,12 +61,44 @@ AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::str
       throw ConfigError(source + ": \"scaling_factor\" must be a number");
     }
   }
+  // Bounds far above any real AutoencoderKL (Stable Diffusion's: 4 levels, at most 512 channels),
+  // so that a corrupt config is refused here, not by an allocation of terabytes.
+  constexpr int64_t kMaxChannels = 65536, kMaxBlocks = 16;
+  auto check_range = [&](const std::string& key, int64_t value, int64_t max) {
+    if (value < 1 || value > max) {
+      throw ConfigError(source + ": \"" + key + "\" is " + std::to_string(value) +
+                        ", expected 1 to " + std::to_string(max));
+    }
+  };
+  check_range("in_channels", o.in_channels, kMaxChannels);
+  check_range("out_channels", o.out_channels, kMaxChannels);
+  check_range("latent_channels", o.latent_channels, kMaxChannels);
+  check_range("norm_num_groups", o.norm_num_groups, kMaxChannels);
+  check_range("layers_per_block", o.layers_per_block, kMaxBlocks);
+  const auto levels = static_cast<int64_t>(o.block_out_channels.size());
+  if (levels < 1 || levels > kMaxBlocks) {
+    throw ConfigError(source + ": \"block_out_channels\" lists " + std::to_string(levels) +
+                      " blocks, expected 1 to " + std::to_string(kMaxBlocks));
+  }
+  for (int64_t c : o.block_out_channels) check_range("block_out_channels", c, kMaxChannels);
+  // yaml-cpp's own conversion errors name neither the file nor the key.
+  auto as_string = [&](const YAML::Node& node, const std::string& key) {
+    try {
+      return node.as<std::string>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": \"" + key + "\" must be a string");
+    }
+  };
   auto check_blocks = [&](const char* key, const char* expected) {
     if (!root[key]) return;
+    if (!root[key].IsSequence()) {
+      throw ConfigError(source + ": \"" + key + "\" must be a list of block names");
+    }
     for (const auto& block : root[key]) {
-      if (block.as<std::string>() != expected) {
-        throw ConfigError(source + ": \"" + key + "\" has " + block.as<std::string>() +
-                          "; this AutoencoderKL has " + expected + " only");
+      const std::string type = as_string(block, key);
+      if (type != expected) {
+        throw ConfigError(source + ": \"" + key + "\" has " + type + "; this AutoencoderKL has " +
+                          expected + " only");
       }
     }
     if (root[key].size() != o.block_out_channels.size()) {
@@ -75,11 +107,20 @@ AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::str
   };
   check_blocks("down_block_types", "DownEncoderBlock2D");
   check_blocks("up_block_types", "UpDecoderBlock2D");
-  if (root["act_fn"] && root["act_fn"].as<std::string>() != "silu") {
-    throw ConfigError(source + ": \"act_fn\" " + root["act_fn"].as<std::string>() + " (only silu)");
+  if (root["act_fn"]) {
+    const std::string act_fn = as_string(root["act_fn"], "act_fn");
+    if (act_fn != "silu") throw ConfigError(source + ": \"act_fn\" " + act_fn + " (only silu)");
   }
-  if (root["mid_block_add_attention"] && !root["mid_block_add_attention"].as<bool>()) {
-    throw ConfigError(source + ": \"mid_block_add_attention\": false is not supported");
+  if (root["mid_block_add_attention"]) {
+    bool add_attention = true;
+    try {
+      add_attention = root["mid_block_add_attention"].as<bool>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": \"mid_block_add_attention\" must be true or false");
+    }
+    if (!add_attention) {
+      throw ConfigError(source + ": \"mid_block_add_attention\": false is not supported");
+    }
   }
   if (!(spec.scaling_factor > 0)) throw ConfigError(source + ": \"scaling_factor\" must be > 0");
   return spec;
@@ -123,6 +164,7 @@ std::map<std::string, at::Tensor> current_vae_keys(std::map<std::string, at::Ten
   static const std::pair<std::string, std::string> renames[] = {
       {".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."}, {".proj_attn.", ".to_out.0."}};
   std::map<std::string, at::Tensor> out;
+  std::map<std::string, std::string> renamed_from;  // current key -> the file's name for it
   for (auto& [name, tensor] : tensors) {
     std::string key = name;
     const bool attention = key.find(".attentions.") != std::string::npos;
@@ -136,6 +178,13 @@ std::map<std::string, at::Tensor> current_vae_keys(std::map<std::string, at::Ten
     if (attention && tensor.dim() == 4 && tensor.size(2) == 1 && tensor.size(3) == 1) {
       tensor = tensor.flatten(1);
     }
+    // A file with both names of one weight (e.g. query and to_q) is ambiguous: neither may win
+    // silently.
+    const auto [first, inserted] = renamed_from.emplace(key, name);
+    if (!inserted) {
+      throw IoError("tensors '" + first->second + "' and '" + name + "' are both the weight '" + key +
+                    "' (diffusers' old and current attention names); keep one of them");
+    }
     out[key] = tensor;
   }
   return out;
@@ -145,7 +194,13 @@ AutoencoderKL load_autoencoder(const std::string& weights_path, const std::strin
                                AutoencoderSpec* spec_out) {
   const AutoencoderSpec spec = read_autoencoder_spec(weights_path, config_path);
   AutoencoderKL model(spec.options);
-  load_state_dict(*model, current_vae_keys(map_safetensors(weights_path).tensors), weights_path);
+  std::map<std::string, at::Tensor> tensors = map_safetensors(weights_path).tensors;
+  try {
+    tensors = current_vae_keys(std::move(tensors));
+  } catch (const IoError& e) {  // a name clash, which current_vae_keys cannot name the file of
+    throw IoError(weights_path + ": " + e.what());
+  }
+  load_state_dict(*model, tensors, weights_path);
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   if (spec_out) *spec_out = spec;

@@ -11,6 +11,33 @@
 #include "src/io/torch_pickle.h"
 
 namespace ditlab {
+namespace {
+
+// A weight may change precision on loading (an F16 or BF16 file into a float32 model), but an
+// integer or boolean tensor in a float slot, or the reverse, is another kind of value, not a
+// rounding of the same one: copy_ would convert it silently.
+bool loadable_as(at::ScalarType stored, at::ScalarType wanted) {
+  return stored == wanted || (c10::isFloatingType(stored) && c10::isFloatingType(wanted));
+}
+
+// PyTorch's names (c10 calls int8 "Char").
+std::string dtype_label(at::ScalarType type) {
+  switch (type) {
+    case at::kDouble: return "float64";
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(type);
+  }
+}
+
+}  // namespace
 
 std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module) {
   std::map<std::string, at::Tensor> out;
@@ -45,6 +72,16 @@ std::vector<std::string> load_state_dict(torch::nn::Module& module,
     for (size_t i = 0; i < problems.size() && i < 10; ++i) msg += "\n  " + problems[i];
     if (problems.size() > 10) msg += "\n  ...";
     throw ShapeError(msg);
+  }
+  for (const auto& [name, tensor] : own) {
+    auto it = weights.find(name);
+    if (it != weights.end() && !loadable_as(it->second.scalar_type(), tensor.scalar_type())) {
+      const bool floating = c10::isFloatingType(tensor.scalar_type());
+      throw IoError(source + ": key '" + name + "' is stored as " +
+                    dtype_label(it->second.scalar_type()) + ", the model expects " +
+                    dtype_label(tensor.scalar_type()) +
+                    (floating ? " (or another floating dtype)" : ""));
+    }
   }
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : own) {

@@ -18,7 +18,10 @@ std::map<std::string, at::Tensor> state_dict(const torch::nn::Module& module);
 // Copies `weights` into the module strictly: a missing, unexpected or mis-shaped key is a
 // ShapeError naming it and `source`; nothing is modified unless every key fits. With
 // `allow_missing`, keys the weights lack keep their values (e.g. a DiT checkpoint initialising a
-// Skip-DiT) and are returned; unexpected or mis-shaped keys are still errors.
+// Skip-DiT) and are returned; unexpected or mis-shaped keys are still errors. Floating weights
+// convert to the model's floating dtype; any other dtype change (an integer or bool tensor for a
+// float parameter, int32 for an int64 buffer) is an IoError naming `source`, the key and both
+// dtypes.
 std::vector<std::string> load_state_dict(torch::nn::Module& module,
                                          const std::map<std::string, at::Tensor>& weights,
                                          const std::string& source, bool allow_missing = false);

@@ -149,9 +149,11 @@ SafetensorsFile map_safetensors(const std::string& path) {
   } catch (const YAML::Exception& e) {
     throw IoError(path + ": malformed header: " + e.what());
   }
-  // The data buffer must be covered exactly: no holes, no overlaps, nothing past the end.
-  std::sort(entries.begin(), entries.end(),
-            [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  // The data buffer must be covered exactly: no holes, no overlaps, nothing past the end. Ties
+  // on begin sort by end, so an empty tensor [b, b] comes before the one starting at b.
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
   uint64_t cursor = 0;
   for (const auto& e : entries) {
     if (e.begin != cursor) {

@@ -23,6 +23,15 @@ std::string be32(uint32_t v) {
   return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
           static_cast<char>(v)};
 }
+std::string idx_error(const std::string& path) {
+  try {
+    read_idx_gz(path);
+  } catch (const IoError& e) {
+    return e.what();
+  }
+  FAIL("expected an IoError for " + path);
+  return "";
+}
 }  // namespace
 
 TEST_CASE("Fashion-MNIST loads 60k/10k/70k images padded to 32x32 in [-1, 1]", "[data]") {
@@ -65,6 +74,50 @@ TEST_CASE("missing, corrupt and truncated Fashion-MNIST files are errors naming 
   write_gz(dir / "wrongmagic.gz", std::string("\0\0\x0d\x01", 4) + be32(1) + "x");
   CHECK_THROWS_WITH(read_idx_gz(dir / "wrongmagic.gz"), Catch::Contains("not an IDX file"));
   CHECK_THROWS_AS(read_idx_gz(dir / "absent.gz"), IoError);
+}
+
+TEST_CASE("an IDX header is checked before its data is read, in overflow-checked arithmetic",
+          "[data]") {
+  TempDir dir("fm-idx");
+  const std::string header3 = std::string("\0\0\x08\x03", 4);
+  // 2^22 * 2^22 * 2^20 wraps to 0 in 64 bits, which matched an empty data section.
+  write_gz(dir / "wrap.gz", header3 + be32(1u << 22) + be32(1u << 22) + be32(1u << 20));
+  CHECK_THAT(idx_error(dir / "wrap.gz"), Catch::Contains("wrap.gz") &&
+                                             Catch::Contains("[4194304, 4194304, ...]") &&
+                                             Catch::Contains("2^32"));
+  // Data beyond what the header promises (10 MB of zeros, 10 kB compressed) is refused without
+  // being decompressed: the message cannot say how much there is.
+  write_gz(dir / "bomb.gz",
+           header3 + be32(1) + be32(28) + be32(28) + std::string(10'000'000, '\0'));
+  const std::string bomb = idx_error(dir / "bomb.gz");
+  CHECK_THAT(bomb, Catch::Contains("bomb.gz") && Catch::Contains("promises 784 values") &&
+                       Catch::Contains("holds more"));
+  CHECK_THAT(bomb, !Catch::Contains("10000000"));
+  // Exactly the promised values read back.
+  write_gz(dir / "ok.gz", header3 + be32(2) + be32(1) + be32(3) + "abcdef");
+  const at::Tensor ok = read_idx_gz(dir / "ok.gz");
+  CHECK(ok.sizes() == at::IntArrayRef({2, 1, 3}));
+  CHECK(ok[1][0][2].item<uint8_t>() == 'f');
+}
+
+TEST_CASE("Fashion-MNIST images that are not 28x28 are refused", "[data]") {
+  TempDir dir("fm-shape");
+  write_gz(dir / "train-labels-idx1-ubyte.gz",
+           std::string("\0\0\x08\x01", 4) + be32(2) + std::string("\x01\x02", 2));
+  auto write_images = [&](uint32_t rows, uint32_t cols) {
+    write_gz(dir / "train-images-idx3-ubyte.gz", std::string("\0\0\x08\x03", 4) + be32(2) +
+                                                     be32(rows) + be32(cols) +
+                                                     std::string(2 * rows * cols, '\x7f'));
+  };
+  for (const auto& [rows, cols] : {std::pair<uint32_t, uint32_t>{28, 20}, {20, 28}, {32, 32}}) {
+    INFO(rows << "x" << cols);
+    write_images(rows, cols);
+    CHECK_THROWS_WITH(FashionMnist(dir.path(), "train", 32, 0),
+                      Catch::Contains("train-images-idx3-ubyte.gz") &&
+                          Catch::Contains("[N, 28, 28]"));
+  }
+  write_images(28, 28);
+  CHECK(FashionMnist(dir.path(), "train", 32, 0).size() == 2);
 }
 
 TEST_CASE("make_dataset names unknown datasets", "[data]") {

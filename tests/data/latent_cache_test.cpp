@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 
 #include "data/latent_cache.h"
 #include "src/common/error.h"
@@ -146,7 +147,7 @@ TEST_CASE("incomplete, foreign and malformed caches are errors naming the file",
   // A shard whose data does not match its stored checksum (checked on request: dit encode).
   write_cache(dir.path(), m);
   const at::Tensor latents = at::stack({entry_values(0, m), entry_values(1, m)});
-  auto metadata = latent_shard_metadata(m, latents);
+  auto metadata = latent_shard_metadata(m, latents, at::zeros({2}, at::kLong));
   write_safetensors(dir / "shard-00000.safetensors",
                     {{"latents", latents}, {"labels", at::zeros({2}, at::kLong)}}, metadata);
   CHECK_NOTHROW(open_latent_shard(dir.path(), m, 0, true));
@@ -164,6 +165,75 @@ TEST_CASE("incomplete, foreign and malformed caches are errors naming the file",
   CHECK_THAT(io_error(dir.path()), Catch::Contains("manifest.json") && Catch::Contains("'store' is missing"));
   write_file_atomically(dir / "manifest.json", "{\"format\": \"something else\"}");
   CHECK_THAT(io_error(dir.path()), Catch::Contains("not a ditlab latent cache manifest"));
+}
+
+TEST_CASE("shard labels outside 0 to num_classes - 1 and corrupt labels are errors naming the shard",
+          "[latents][data]") {
+  TempDir dir("cache-labels");
+  const LatentCacheManifest m = small_manifest();  // num_classes 3
+  const at::Tensor latents = at::stack({entry_values(2, m), entry_values(3, m)});
+  auto write_shard1 = [&](const at::Tensor& labels, const std::map<std::string, std::string>& metadata) {
+    write_safetensors(dir / "shard-00001.safetensors", {{"latents", latents}, {"labels", labels}},
+                      metadata);
+  };
+  // 3 would train as the null class, 7 and -1 index past the class embedding.
+  for (int64_t label : {3, 7, -1}) {
+    INFO("label " << label);
+    write_cache(dir.path(), m);
+    write_shard1(at::tensor({int64_t{1}, label}), {{"fingerprint", m.fingerprint()}});
+    CHECK_THAT(io_error(dir.path()), Catch::Contains("shard-00001.safetensors") &&
+                                         Catch::Contains("label " + std::to_string(label)) &&
+                                         Catch::Contains("[0, 3)"));
+  }
+
+  // The labels have a checksum of their own, checked with the data on request (dit encode).
+  const at::Tensor labels = at::tensor({int64_t{2}, int64_t{0}});
+  auto metadata = latent_shard_metadata(m, latents, labels);
+  CHECK(metadata.count("labels_crc32") == 1);
+  write_shard1(labels, metadata);
+  CHECK_NOTHROW(open_latent_shard(dir.path(), m, 1, true));
+  write_shard1(at::tensor({int64_t{2}, int64_t{1}}), metadata);  // in range, but not what was written
+  CHECK_NOTHROW(open_latent_shard(dir.path(), m, 1, false));
+  CHECK_THROWS_WITH(open_latent_shard(dir.path(), m, 1, true),
+                    Catch::Contains("shard-00001.safetensors") && Catch::Contains("labels do not match"));
+  // Shards written before labels had a checksum still verify by their latents.
+  metadata.erase("labels_crc32");
+  write_shard1(at::tensor({int64_t{2}, int64_t{1}}), metadata);
+  CHECK_NOTHROW(open_latent_shard(dir.path(), m, 1, true));
+}
+
+TEST_CASE("a manifest's count and shard_size are bounded so that no shard arithmetic overflows",
+          "[latents][data]") {
+  TempDir dir("cache-huge");
+  const LatentCacheManifest m = small_manifest();
+  write_cache(dir.path(), m);
+  // shard_size = INT64_MAX made (size + shard_size - 1) wrap: no shard was opened and get_batch
+  // indexed an empty list.
+  for (const auto& [key, value] :
+       {std::pair<std::string, int64_t>{"shard_size", std::numeric_limits<int64_t>::max()},
+        {"shard_size", int64_t{1} << 41},
+        {"shard_size", 0},
+        {"count", int64_t{1} << 41},
+        {"count", -5}}) {
+    INFO(key << " = " << value);
+    LatentCacheManifest bad = m;
+    (key == "count" ? bad.count : bad.shard_size) = value;
+    write_latent_manifest(dir.path(), bad);
+    CHECK_THAT(io_error(dir.path()), Catch::Contains("manifest.json") &&
+                                         Catch::Contains("'" + key + "' is " + std::to_string(value)));
+  }
+  // A shard larger than the cache is fine: one shard holds everything.
+  LatentCacheManifest one = m;
+  one.shard_size = int64_t{1} << 40;
+  write_latent_manifest(dir.path(), one);
+  write_safetensors(dir / "shard-00000.safetensors",
+                    {{"latents", at::stack({entry_values(0, m), entry_values(1, m), entry_values(2, m),
+                                            entry_values(3, m), entry_values(4, m)})},
+                     {"labels", at::arange(5, at::kLong) % 3}},
+                    {{"fingerprint", one.fingerprint()}});
+  LatentCache cache(dir.path(), 0);
+  CHECK(cache.size() == 5);
+  CHECK(at::equal(cache.get_batch({4}).cached_latents[0], entry_values(4, m)));
 }
 
 TEST_CASE("settings that differ from an existing cache are named", "[latents][data]") {

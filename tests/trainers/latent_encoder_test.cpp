@@ -85,6 +85,10 @@ TEST_CASE("dit encode caches the posterior of every image and of its mirror imag
   CHECK(m.autoencoder.scaling_factor == 0.5);
   CHECK(m.source.image_size == 32);
   CHECK(std::filesystem::exists(dir / "cache/config.yaml"));
+  // Every shard carries the checksums that dit encode verifies on resuming.
+  const auto shard_metadata = map_safetensors(dir / "cache/shard-00002.safetensors").metadata;
+  CHECK(shard_metadata.count("latents_crc32") == 1);
+  CHECK(shard_metadata.count("labels_crc32") == 1);
 
   // Against the autoencoder applied here to the same images, one at a time.
   LatentCache cache(dir / "cache", 0);

@@ -144,3 +144,53 @@ TEST_CASE("autoencoder weights load from diffusers' layout, old attention names 
                                              "\"block_out_channels\": [8]}", "cfg.json"),
                     Catch::Contains("cfg.json") && Catch::Contains("CrossAttnDownBlock2D"));
 }
+
+TEST_CASE("a weights file holding both the old and the current name of one weight is refused", "[vae]") {
+  TempDir dir("vae-clash");
+  AutoencoderSpec spec{small_options(), 0.5};
+  AutoencoderKL vae(spec.options);
+  auto tensors = state_dict(*vae);
+  // query is the old name of to_q: renaming made one silently overwrite the other.
+  const std::string to_q = "encoder.mid_block.attentions.0.to_q.weight";
+  const std::string query = "encoder.mid_block.attentions.0.query.weight";
+  tensors[query] = at::zeros_like(tensors.at(to_q));
+  write_safetensors(dir / "both.safetensors", tensors,
+                    {{"autoencoder_config", autoencoder_config_json(spec)}});
+  CHECK_THROWS_AS(current_vae_keys(tensors), IoError);
+  CHECK_THROWS_WITH(load_autoencoder(dir / "both.safetensors", ""),
+                    Catch::Contains("both.safetensors") && Catch::Contains("'" + query + "'") &&
+                        Catch::Contains("'" + to_q + "'"));
+}
+
+TEST_CASE("a diffusers config with a value of the wrong type or size names the file and the key", "[vae]") {
+  auto config_error = [](const std::string& json) {
+    try {
+      parse_autoencoder_config(json, "cfg.json");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    FAIL("expected a ConfigError for " + json);
+    return std::string();
+  };
+  // Types yaml-cpp cannot convert were its bare exceptions.
+  CHECK_THAT(config_error(R"({"act_fn": ["silu"]})"),
+             Catch::Contains("cfg.json") && Catch::Contains("\"act_fn\" must be a string"));
+  CHECK_THAT(config_error(R"({"mid_block_add_attention": "maybe"})"),
+             Catch::Contains("cfg.json") && Catch::Contains("mid_block_add_attention"));
+  CHECK_THAT(config_error(R"({"block_out_channels": [8], "down_block_types": [["DownEncoderBlock2D"]]})"),
+             Catch::Contains("cfg.json") && Catch::Contains("down_block_types"));
+  CHECK_THAT(config_error(R"({"block_out_channels": [8], "up_block_types": "UpDecoderBlock2D"})"),
+             Catch::Contains("up_block_types") && Catch::Contains("list"));
+  // Sizes no AutoencoderKL has are refused before the model is built.
+  CHECK_THAT(config_error(R"({"block_out_channels": [64, 1048576]})"),
+             Catch::Contains("cfg.json") && Catch::Contains("\"block_out_channels\" is 1048576"));
+  CHECK_THAT(config_error(R"({"latent_channels": 100000})"), Catch::Contains("\"latent_channels\" is 100000"));
+  CHECK_THAT(config_error(R"({"in_channels": 0})"), Catch::Contains("\"in_channels\" is 0"));
+  CHECK_THAT(config_error(R"({"layers_per_block": 1000})"), Catch::Contains("\"layers_per_block\" is 1000"));
+  CHECK_THAT(config_error(R"({"block_out_channels": [32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32, 32]})"),
+             Catch::Contains("17 blocks"));
+  // diffusers' own values pass.
+  CHECK_NOTHROW(parse_autoencoder_config(autoencoder_config_json(AutoencoderSpec{}), "cfg.json"));
+  CHECK(parse_autoencoder_config(R"({"act_fn": "silu", "mid_block_add_attention": true})", "cfg.json")
+            .options.block_out_channels.size() == 4);
+}

@@ -146,6 +146,22 @@ TEST_CASE("a file written by hand in the reference layout is read exactly", "[sa
   CHECK(f.tensors.at("w")[1].item<float>() == -2.0f);
 }
 
+TEST_CASE("an empty tensor may start where a non-empty one starts", "[safetensors]") {
+  // Listed after "w" that starts at the same byte: sorting by begin alone kept "w" first, then
+  // "e" seemed to start before the end of "w" and the valid file was refused.
+  TempDir dir("st");
+  float values[2] = {1.5f, -2.0f};
+  write_raw(dir / "empty.safetensors",
+            R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+            R"("e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},)"
+            R"("z":{"dtype":"I64","shape":[0],"data_offsets":[8,8]}})",
+            std::string(reinterpret_cast<const char*>(values), 8));
+  auto f = read_safetensors(dir / "empty.safetensors");
+  CHECK(f.tensors.at("e").sizes() == at::IntArrayRef({0, 3}));
+  CHECK(f.tensors.at("z").numel() == 0);
+  CHECK(f.tensors.at("w")[1].item<float>() == -2.0f);
+}
+
 TEST_CASE("loading weights into a module is strict and names each bad key", "[safetensors]") {
   TempDir dir("st");
   torch::nn::Linear source(3, 2), target(3, 2);
@@ -173,6 +189,46 @@ TEST_CASE("loading weights into a module is strict and names each bad key", "[sa
              Catch::Contains("unexpected key 'extra'"));
   CHECK_THAT(problem({{"weight", at::zeros({3, 3})}, {"bias", at::zeros({2})}}),
              Catch::Contains("key 'weight' has shape [3, 3], the model expects [2, 3]"));
+}
+
+TEST_CASE("loading weights converts between floating dtypes only", "[safetensors]") {
+  TempDir dir("st-dtype");
+  torch::nn::Linear target(3, 2);
+  auto dtype_error = [&](std::map<std::string, at::Tensor> weights, torch::nn::Module& module) {
+    try {
+      load_state_dict(module, weights, "test.safetensors");
+    } catch (const IoError& e) {
+      return std::string(e.what());
+    }
+    FAIL("expected an IoError");
+    return std::string();
+  };
+  // float16 and float64 files load into a float32 model, rounded to float32.
+  const auto w = at::randn({2, 3}), b = at::randn({2});
+  load_state_dict(*target, {{"weight", w.to(at::kHalf)}, {"bias", b.to(at::kDouble)}}, "test.safetensors");
+  CHECK(at::equal(target->weight, w.to(at::kHalf).to(at::kFloat)));
+  CHECK(at::equal(target->bias, b));
+  // Integer and boolean tensors are not weights of a float model; nothing is modified.
+  const auto before = target->weight.clone();
+  CHECK_THAT(dtype_error({{"weight", at::ones({2, 3}, at::kChar)}, {"bias", b}}, *target),
+             Catch::Contains("test.safetensors") && Catch::Contains("key 'weight'") &&
+                 Catch::Contains("int8") && Catch::Contains("float32"));
+  CHECK_THAT(dtype_error({{"weight", w}, {"bias", at::ones({2}, at::kBool)}}, *target),
+             Catch::Contains("key 'bias'") && Catch::Contains("bool"));
+  CHECK(at::equal(target->weight, before));
+  // The same through a file: uint8 is named with the file.
+  write_safetensors(dir / "u8.safetensors", {{"weight", at::ones({2, 3}, at::kByte)}, {"bias", b}});
+  CHECK_THROWS_WITH(load_weights(*target, dir / "u8.safetensors"),
+                    Catch::Contains("u8.safetensors") && Catch::Contains("uint8"));
+  // A non-floating buffer needs its exact dtype.
+  torch::nn::Module counter;
+  counter.register_buffer("count", at::zeros({1}, at::kLong));
+  CHECK_NOTHROW(load_state_dict(counter, {{"count", at::full({1}, 7, at::kLong)}}, "test.safetensors"));
+  CHECK(counter.named_buffers()["count"].item<int64_t>() == 7);
+  CHECK_THAT(dtype_error({{"count", at::ones({1}, at::kInt)}}, counter),
+             Catch::Contains("key 'count'") && Catch::Contains("int32") && Catch::Contains("int64"));
+  CHECK_THAT(dtype_error({{"count", at::ones({1}, at::kFloat)}}, counter),
+             Catch::Contains("key 'count'") && Catch::Contains("float32"));
 }
 
 TEST_CASE("a mapped safetensors file reads like a copied one and its views outlive the file object",

@@ -40,9 +40,29 @@ c10::Device select_device(const std::string& name) {
   return device;
 }
 
+c10::Device rank_device(const c10::Device& device, const DistEnv& env, int64_t visible_gpus) {
+  if (!device.is_cuda()) return device;
+  if (device.has_index()) {
+    // NCCL refuses two ranks on one GPU, and Gloo would share it: neither is what was meant.
+    if (env.world_size > 1) {
+      throw ConfigError("train.device " + device.str() + " puts all " + std::to_string(env.world_size) +
+                        " ranks on one GPU; use train.device=cuda (each rank takes the GPU of its local "
+                        "rank) and choose GPUs with CUDA_VISIBLE_DEVICES");
+    }
+    return device;
+  }
+  if (env.local_rank < visible_gpus) return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+  // One GPU per task (srun --gpus-per-task=1, --gpu-bind): each rank sees only its own.
+  if (visible_gpus == 1) return c10::Device(c10::kCUDA, 0);
+  throw ConfigError("rank " + std::to_string(env.rank) + " has local rank " + std::to_string(env.local_rank) +
+                    " (" + env.launcher + ") but sees " + std::to_string(visible_gpus) +
+                    " GPUs; start at most one rank per visible GPU on each node, or give each rank "
+                    "one GPU of its own");
+}
+
 c10::Device select_device(const std::string& name, const DistEnv& env) {
   const c10::Device device = select_device(name);
-  return device.is_cuda() && !device.has_index() ? c10::Device(c10::kCUDA, env.local_rank) : device;
+  return rank_device(device, env, device.is_cuda() ? static_cast<int64_t>(torch::cuda::device_count()) : 0);
 }
 
 RankContext join_job(const TrainConfig& train) {

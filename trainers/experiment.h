@@ -18,6 +18,10 @@ class Communicator;
 c10::Device select_device(const std::string& name);
 // The same for one rank of a job: "cuda" means the GPU of the rank's local index.
 c10::Device select_device(const std::string& name, const DistEnv& env);
+// The rule behind it, given how many GPUs the process sees: "cuda" is cuda:<local rank>, or
+// cuda:0 where each rank sees one GPU of its own; a local rank beyond the visible GPUs, or an
+// explicit cuda:N on several ranks, is a ConfigError.
+c10::Device rank_device(const c10::Device& device, const DistEnv& env, int64_t visible_gpus);
 
 // One process's part in a job that may run on several ranks (dit train, encode, eval).
 struct RankContext {

@@ -194,9 +194,15 @@ Communicator::Communicator(const DistEnv& env, const std::string& backend,
     impl_->heartbeat_store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, client);
     impl_->start_heartbeat(env_.rank);
   } catch (const std::exception& e) {
+    // The batch script of an sbatch job carries the job's SLURM_NTASKS and SLURM_PROCID=0, so a
+    // `dit train` started there without srun waits for ranks that never come.
+    const std::string hint = env_.launcher == "slurm"
+                                 ? " (under Slurm, start every rank with srun: a process started in "
+                                   "the batch script itself sees the job's SLURM_NTASKS)"
+                                 : "";
     throw Error("rank " + std::to_string(env_.rank) + " of " + std::to_string(env_.world_size) +
                 " could not join the job at " + where + " (" + env_.launcher + ", " + backend_ +
-                "): " + e.what());
+                "): " + e.what() + hint);
   }
 #endif
 }

@@ -7,9 +7,13 @@
 namespace ditlab {
 namespace {
 
+// `fallback` < 0: the variable is required (set and not empty).
 int parse_int(const GetEnv& getenv, const char* name, int fallback) {
   const char* value = getenv(name);
-  if (value == nullptr || *value == '\0') return fallback;
+  if (value == nullptr || *value == '\0') {
+    if (fallback >= 0) return fallback;
+    throw ConfigError(std::string("environment variable ") + name + " is empty; expected a non-negative integer");
+  }
   char* end = nullptr;
   long parsed = std::strtol(value, &end, 10);
   if (*end != '\0' || parsed < 0 || parsed > 1 << 24) {
@@ -41,16 +45,22 @@ std::string first_slurm_host(const std::string& nodelist) {
 DistEnv detect_dist_env(const GetEnv& getenv) {
   DistEnv env;
   auto has = [&](const char* name) { return getenv(name) != nullptr; };
+  // Half of torchrun's contract is a broken launch, not a single process.
+  if (has("RANK") != has("WORLD_SIZE")) {
+    throw ConfigError(std::string(has("RANK") ? "RANK" : "WORLD_SIZE") + " is set but " +
+                      (has("RANK") ? "WORLD_SIZE" : "RANK") + " is not; a launcher (torchrun, "
+                      "scripts/launch.sh) sets both, a single process neither");
+  }
   if (has("RANK") && has("WORLD_SIZE")) {
     env.launcher = "torchrun";
-    env.rank = parse_int(getenv, "RANK", 0);
-    env.world_size = parse_int(getenv, "WORLD_SIZE", 1);
+    env.rank = parse_int(getenv, "RANK", -1);
+    env.world_size = parse_int(getenv, "WORLD_SIZE", -1);
     env.local_rank = parse_int(getenv, "LOCAL_RANK", env.rank);
     env.local_world_size = parse_int(getenv, "LOCAL_WORLD_SIZE", env.world_size);
   } else if (has("SLURM_PROCID") && has("SLURM_NTASKS")) {
     env.launcher = "slurm";
-    env.rank = parse_int(getenv, "SLURM_PROCID", 0);
-    env.world_size = parse_int(getenv, "SLURM_NTASKS", 1);
+    env.rank = parse_int(getenv, "SLURM_PROCID", -1);
+    env.world_size = parse_int(getenv, "SLURM_NTASKS", -1);
     env.local_rank = parse_int(getenv, "SLURM_LOCALID", 0);
     // "4" or "4(x2)": tasks on this node.
     const char* per_node = getenv("SLURM_NTASKS_PER_NODE");
@@ -62,8 +72,8 @@ DistEnv detect_dist_env(const GetEnv& getenv) {
     if (job) env.master_port = 20000 + std::atoi(job) % 20000;
   } else if (has("OMPI_COMM_WORLD_RANK") && has("OMPI_COMM_WORLD_SIZE")) {
     env.launcher = "openmpi";
-    env.rank = parse_int(getenv, "OMPI_COMM_WORLD_RANK", 0);
-    env.world_size = parse_int(getenv, "OMPI_COMM_WORLD_SIZE", 1);
+    env.rank = parse_int(getenv, "OMPI_COMM_WORLD_RANK", -1);
+    env.world_size = parse_int(getenv, "OMPI_COMM_WORLD_SIZE", -1);
     env.local_rank = parse_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", 0);
     env.local_world_size = parse_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", env.world_size);
   }

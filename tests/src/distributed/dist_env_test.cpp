@@ -68,4 +68,9 @@ TEST_CASE("malformed launcher variables name the variable", "[distributed]") {
   CHECK_THROWS_WITH(detect({{"RANK", "x"}, {"WORLD_SIZE", "2"}}), Catch::Contains("RANK='x'"));
   CHECK_THROWS_WITH(detect({{"RANK", "2"}, {"WORLD_SIZE", "2"}}), Catch::Contains("not below world size"));
   CHECK_THROWS_WITH(detect({{"MASTER_PORT", "70000"}}), Catch::Contains("MASTER_PORT"));
+  // Set but empty is not "rank 0"; half of torchrun's pair is not "one process".
+  CHECK_THROWS_WITH(detect({{"RANK", ""}, {"WORLD_SIZE", "2"}}), Catch::Contains("RANK is empty"));
+  CHECK_THROWS_WITH(detect({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", ""}}), Catch::Contains("SLURM_NTASKS is empty"));
+  CHECK_THROWS_WITH(detect({{"RANK", "1"}}), Catch::Contains("RANK is set but WORLD_SIZE is not"));
+  CHECK_THROWS_WITH(detect({{"WORLD_SIZE", "4"}}), Catch::Contains("WORLD_SIZE is set but RANK is not"));
 }

@@ -1,8 +1,10 @@
 #include "trainers/sweep.h"
 
+#include <sys/wait.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -290,6 +292,38 @@ void write_sweep_table(const SweepSpec& spec, const SweepTable& table) {
   }
   write_file_atomically(spec.dir + "/results.csv", csv);
   write_file_atomically(spec.dir + "/results.md", md);
+}
+
+std::string visible_device(int64_t index, const char* inherited) {
+  if (index < 0) throw UsageError("--devices takes GPU indices (>= 0), got " + std::to_string(index));
+  if (inherited == nullptr) return std::to_string(index);
+  std::vector<std::string> entries;
+  std::string entry;
+  for (const char* c = inherited;; ++c) {
+    if (*c == ',' || *c == '\0') {
+      const size_t first = entry.find_first_not_of(" \t"), last = entry.find_last_not_of(" \t");
+      if (first != std::string::npos) entries.push_back(entry.substr(first, last - first + 1));
+      entry.clear();
+      if (*c == '\0') break;
+    } else {
+      entry += *c;
+    }
+  }
+  if (static_cast<size_t>(index) >= entries.size()) {
+    throw UsageError("--devices " + std::to_string(index) + " is beyond the inherited CUDA_VISIBLE_DEVICES=" +
+                     inherited + " (" + std::to_string(entries.size()) + " GPUs visible" +
+                     (entries.empty() ? "" : ": --devices takes 0.." + std::to_string(entries.size() - 1)) +
+                     "); --devices counts the GPUs this process sees, so pass indices into that list "
+                     "or unset CUDA_VISIBLE_DEVICES");
+  }
+  return entries[static_cast<size_t>(index)];
+}
+
+int stop_signal_of(int wait_status) {
+  if (wait_status == -1) return 0;  // WIFSIGNALED(-1) would read as true
+  if (WIFSIGNALED(wait_status)) return WTERMSIG(wait_status);
+  const int code = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 0;
+  return code > 128 && code < 128 + NSIG ? code - 128 : 0;
 }
 
 }  // namespace ditlab

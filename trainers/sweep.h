@@ -69,4 +69,15 @@ struct SweepTable {
 SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& runs);
 void write_sweep_table(const SweepSpec& spec, const SweepTable& table);
 
+// What a run started with `--devices index` gets as CUDA_VISIBLE_DEVICES. The indices count the
+// GPUs the sweep itself sees: with CUDA_VISIBLE_DEVICES inherited (`inherited`, null when unset)
+// index k is that list's k-th entry (an index or a GPU-UUID, as given), else k itself. Throws
+// UsageError naming both for an index beyond the inherited list (or a negative one).
+std::string visible_device(int64_t index, const char* inherited);
+
+// The signal that stopped a child process, from its waitpid() status, or 0: one that killed it,
+// or n for an exit status 128 + n (dit train's _exit(130) after a second Ctrl-C, a shell's report
+// of a killed command). -1 (no child) is 0.
+int stop_signal_of(int wait_status);
+
 }  // namespace ditlab

@@ -2,9 +2,15 @@
 // from the command line.
 #include <catch2/catch.hpp>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "src/io/atomic_file.h"
 #include "tests/test_support.h"
@@ -13,6 +19,42 @@ using namespace ditlab;
 using ditlab::testing::TempDir;
 using ditlab::testing::dit_binary;
 using ditlab::testing::run_command;
+namespace fs = std::filesystem;
+
+namespace {
+// Starts a shell command line (exec'd: the pid is the command's own) in a process group of its
+// own, output into `log`; returns its pid, which is also the group's id.
+pid_t start_in_own_group(const std::string& command, const std::string& log) {
+  const std::string script = "exec " + command + " > '" + log + "' 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+// Its exit code (or -signal); after `seconds` the whole group is killed and the answer is -1000,
+// so that a sweep that does not stop fails the test instead of hanging it.
+int wait_or_kill_group(pid_t pid, double seconds) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      return -1000;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+bool has_trained(const std::string& run_dir) {
+  return fs::exists(run_dir + "/metrics.jsonl") && fs::file_size(run_dir + "/metrics.jsonl") > 0;
+}
+}  // namespace
 
 TEST_CASE("dit sweep trains and evaluates a grid and tabulates it", "[sweep][eval]") {
   TempDir dir("sweep-cli");
@@ -65,9 +107,11 @@ TEST_CASE("dit sweep --jobs runs several runs at once, with the results of one a
     return dit_binary() + " sweep --config " + (dir / (name + ".yaml"));
   };
   REQUIRE(run_command(write_sweep("serial"), dir / "serial.log") == 0);
-  // Three runs over two workers, each worker with its own GPU index (the runs here stay on the
-  // CPU; the variable is what they would see).
-  REQUIRE(run_command(write_sweep("parallel") + " --devices 5,7", dir / "parallel.log") == 0);
+  // Three runs over two workers, each worker with its own GPU (the runs here stay on the CPU;
+  // the variable is what they would see). The indices count the GPUs the sweep sees: entries 1
+  // and 3 of the inherited list.
+  REQUIRE(run_command("CUDA_VISIBLE_DEVICES=3,5,6,7 " + write_sweep("parallel") + " --devices 1,3",
+                      dir / "parallel.log") == 0);
   const std::string log = read_file(dir / "parallel.log");
   CHECK_THAT(log, Catch::Contains("on GPU 5") && Catch::Contains("on GPU 7"));
   // The same table: runs are deterministic and independent of what runs beside them.
@@ -77,6 +121,46 @@ TEST_CASE("dit sweep --jobs runs several runs at once, with the results of one a
   CHECK(run_command(write_sweep("bad") + " --devices 0,-1", dir / "bad.log") == 2);
   CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("--devices takes GPU indices"));
   CHECK(run_command(write_sweep("bad") + " --jobs 0", dir / "bad.log") == 2);
+  CHECK(run_command("CUDA_VISIBLE_DEVICES=4,5 " + write_sweep("bad") + " --devices 0,2", dir / "bad.log") == 2);
+  CHECK_THAT(read_file(dir / "bad.log"), Catch::Contains("--devices 2 is beyond the inherited CUDA_VISIBLE_DEVICES=4,5"));
+  CHECK_FALSE(fs::exists(dir / "bad"));  // refused before any run started
+}
+
+TEST_CASE("SIGTERM to dit sweep checkpoints the running runs and starts no other", "[sweep][faults]") {
+  TempDir dir("sweep-signal");
+  // Two runs at once, long enough to be in progress when the signal comes, and a third that
+  // must never start.
+  std::ofstream(dir / "sweep.yaml")
+      << "base: " << ditlab::testing::source_dir() << "/configs/debug/dit.yaml\n"
+      << "dir: " << dir.path() << "/runs\n"
+      << "overrides: [train.steps=100000, train.log_every=1, train.threads=1, sample.at_end=false]\n"
+      << "grid:\n  model.conditioning: [adaln_zero, adaln, in_context]\n";
+  const pid_t sweep = start_in_own_group(dit_binary() + " sweep --jobs 2 --config " + (dir / "sweep.yaml"),
+                                         dir / "sweep.log");
+  const std::string first = dir / "runs/conditioning-adaln_zero", second = dir / "runs/conditioning-adaln";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (!(has_trained(first) && has_trained(second)) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const bool both_trained = has_trained(first) && has_trained(second);
+  kill(sweep, SIGTERM);  // the sweep's pid alone, as `kill PID` or a scheduler would
+  const int code = wait_or_kill_group(sweep, 120);
+  const std::string log = read_file(dir / "sweep.log");
+  INFO(log);
+  REQUIRE(both_trained);
+  CHECK(code == 1);
+  CHECK_THAT(log, Catch::Contains("interrupted by signal 15") && Catch::Contains("to resume"));
+  // Each running run got the stop, checkpointed and left no final weights.
+  for (const std::string& name : {"conditioning-adaln_zero", "conditioning-adaln"}) {
+    INFO(name);
+    CHECK_THAT(read_file(dir / ("runs/logs/" + name + ".log")), Catch::Contains("stopped by signal 15"));
+    CHECK_FALSE(fs::exists(dir / ("runs/" + name + "/model.safetensors")));
+    CHECK(fs::exists(dir / ("runs/" + name + "/checkpoints")));
+    CHECK_FALSE(fs::is_empty(dir / ("runs/" + name + "/checkpoints")));
+  }
+  CHECK_FALSE(fs::exists(dir / "runs/conditioning-in_context"));
+  CHECK_FALSE(fs::exists(dir / "runs/logs/conditioning-in_context.log"));
+  CHECK_FALSE(fs::exists(dir / "runs/results.csv"));
 }
 
 TEST_CASE("plot_scaling.py fits a power law to a sweep's results", "[sweep][plots]") {

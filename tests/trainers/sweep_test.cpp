@@ -1,6 +1,8 @@
 // Sweep files: reading, grid expansion, commands, and the results table.
 #include <catch2/catch.hpp>
 
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -121,4 +123,37 @@ TEST_CASE("the results table reads each run's config, metrics and eval.json", "[
   const std::string md = read_file(dir / "runs/results.md");
   CHECK_THAT(md, Catch::StartsWith("| run | model.patch_size | status"));
   CHECK_THAT(read_file(dir / "runs/results.csv"), Catch::Contains("patch_size-8,8,missing"));
+}
+
+TEST_CASE("sweep device indices pick from an inherited CUDA_VISIBLE_DEVICES", "[sweep]") {
+  // Unset: the index is the GPU.
+  CHECK(visible_device(0, nullptr) == "0");
+  CHECK(visible_device(3, nullptr) == "3");
+  // Set: the index counts the GPUs the sweep sees.
+  CHECK(visible_device(0, "4,5,6,7") == "4");
+  CHECK(visible_device(3, "4,5,6,7") == "7");
+  CHECK(visible_device(1, "GPU-abc,GPU-def") == "GPU-def");
+  CHECK(visible_device(1, " 4, 5") == "5");
+  CHECK_THROWS_AS(visible_device(4, "4,5,6,7"), UsageError);
+  CHECK_THROWS_WITH(visible_device(4, "4,5,6,7"), Catch::Contains("--devices 4") &&
+                                                      Catch::Contains("CUDA_VISIBLE_DEVICES=4,5,6,7") &&
+                                                      Catch::Contains("0..3"));
+  CHECK_THROWS_WITH(visible_device(2, "GPU-abc,GPU-def"), Catch::Contains("CUDA_VISIBLE_DEVICES=GPU-abc,GPU-def"));
+  CHECK_THROWS_WITH(visible_device(0, ""), Catch::Contains("0 GPUs visible"));
+  CHECK_THROWS_WITH(visible_device(-1, nullptr), Catch::Contains("--devices takes GPU indices"));
+}
+
+TEST_CASE("a child killed by a signal or exiting with 128 + a signal number was stopped by it", "[sweep]") {
+  // Real wait statuses, from a shell: std::system returns waitpid's status.
+  CHECK(stop_signal_of(std::system("exit 0")) == 0);
+  CHECK(stop_signal_of(std::system("exit 1")) == 0);
+  CHECK(stop_signal_of(std::system("exit 128")) == 0);
+  CHECK(stop_signal_of(std::system("exit 255")) == 0);  // beyond the signal numbers
+  CHECK(stop_signal_of(std::system("exit 129")) == SIGHUP);
+  CHECK(stop_signal_of(std::system("exit 130")) == SIGINT);  // dit train after a second Ctrl-C
+  CHECK(stop_signal_of(std::system("exit 143")) == SIGTERM);
+  CHECK(stop_signal_of(std::system("exit 159")) == 31);
+  CHECK(stop_signal_of(std::system("kill -TERM $$")) == SIGTERM);
+  CHECK(stop_signal_of(std::system("kill -KILL $$")) == SIGKILL);
+  CHECK(stop_signal_of(-1) == 0);  // no child at all
 }

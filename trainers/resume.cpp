@@ -41,4 +41,15 @@ std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
   return allowed;
 }
 
+bool check_resume_dataset_size(const std::map<std::string, std::string>& trainer_metadata,
+                               const std::string& checkpoint_dir, int64_t size, bool allow_change) {
+  const auto saved = trainer_metadata.find("dataset_size");
+  if (saved == trainer_metadata.end() || saved->second == std::to_string(size)) return false;
+  if (allow_change) return true;
+  throw ConfigError("the dataset now holds " + std::to_string(size) + " items, the run that wrote " +
+                    checkpoint_dir + " trained on " + saved->second + ": the data order would not "
+                    "continue where it stopped. Restore the data, or pass --allow-config-change to "
+                    "go on with the new data on purpose");
+}
+
 }  // namespace ditlab

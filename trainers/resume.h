@@ -1,5 +1,7 @@
 // Which config changes a resumed run may make.
 #pragma once
+#include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,5 +19,13 @@ bool free_on_resume(const std::string& key);
 // differ and were allowed (for the log).
 std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
                                              const ExperimentConfig& now, bool allow_change);
+
+// The data order is a function of the dataset's size, which no config key holds (an image
+// folder gains files under the same data.path): a checkpoint's "dataset_size" (its trainer
+// metadata; checkpoints from before it was saved pass) must be `size` unless `allow_change`.
+// Throws ConfigError naming `checkpoint_dir` and both sizes; true when they differ and it was
+// allowed (for the log).
+bool check_resume_dataset_size(const std::map<std::string, std::string>& trainer_metadata,
+                               const std::string& checkpoint_dir, int64_t size, bool allow_change);
 
 }  // namespace ditlab

@@ -33,6 +33,7 @@
 #include "trainers/log_window.h"
 #include "trainers/metrics_sink.h"
 #include "trainers/optimizer_state.h"
+#include "trainers/resume.h"
 #include "trainers/run_directory.h"
 #include "models/vae/autoencoder_stage.h"
 #include "trainers/sampling.h"
@@ -166,10 +167,12 @@ class Trainer {
       // open: a resumed run then logs exactly what one long run would have.
       if (last && !log_boundary) log(done, bar, summary);
       // The last step's grid is samples.png (sample.at_end).
-      if (grid && communicator_.is_main()) {
-        bar.clear();
-        std::filesystem::create_directories(config_.run.dir + "/samples");
-        write_sample_grid(config_.run.dir + "/samples/" + step_name(done));
+      if (grid) {
+        run_on_main_rank(communicator_, device_, "writing the sample grid of step " + std::to_string(done), [&] {
+          bar.clear();
+          std::filesystem::create_directories(config_.run.dir + "/samples");
+          write_sample_grid(config_.run.dir + "/samples/" + step_name(done));
+        });
       }
       if (stop_requested_ && !last) {
         if (!periodic) save(done);
@@ -259,9 +262,14 @@ class Trainer {
                  tc_.steps, loss, aux, record[5].second, record[7].second, record[8].second);
   }
 
-  // Rank 0 writes the checkpoint; the other ranks hold the same state.
+  // Rank 0 writes the checkpoint (the other ranks hold the same state) while they wait, and
+  // they learn at once if it could not, instead of at their next collective's timeout.
   void save(int64_t step) {
-    if (!communicator_.is_main()) return;
+    run_on_main_rank(communicator_, device_, "writing the checkpoint of step " + std::to_string(step),
+                     [&] { write_checkpoint(step); });
+  }
+
+  void write_checkpoint(int64_t step) {
     Checkpoint c;
     c.step = step;
     c.model = state_dict(step_.model());
@@ -275,6 +283,7 @@ class Trainer {
     c.trainer_metadata = {{"step", std::to_string(step)},
                           {"epoch", std::to_string(sampler.epoch_of(step))},
                           {"position_in_epoch", std::to_string(step % sampler.steps_per_epoch())},
+                          {"dataset_size", std::to_string(dataset_->size())},
                           {"seed", std::to_string(tc_.seed)},
                           {"world_size", std::to_string(communicator_.world_size())},
                           {"libtorch_version", compat::torch_version()}};
@@ -390,6 +399,16 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                     e.what() + "; run.dir must be a folder every rank sees the same");
     }
   });
+  bool other_dataset = false;
+  run_on_every_rank(communicator, device, "checking the dataset against the checkpoint", [&] {
+    other_dataset = resume_from && !finished &&
+                    check_resume_dataset_size(resume_from->trainer_metadata, resume_from->dir,
+                                              dataset->size(), options.allow_config_change);
+  });
+  if (other_dataset && communicator.is_main()) {
+    spdlog::warn("resuming on a dataset of another size (allowed by --allow-config-change): {} items now",
+                 dataset->size());
+  }
   if (finished) {
     // --resume auto of a finished run (a re-queued job, say): nothing to do, nothing touched
     // but the lock file.

@@ -77,10 +77,11 @@ OptionSpec int_option(const char* key, Accessor<int64_t> field, int64_t lo, int6
 }
 
 // lo_open: the lower bound itself is not allowed (learning rates must be > 0).
-OptionSpec float_option(const char* key, Accessor<double> field, double lo, double hi,
-                        bool lo_open, std::string help) {
+// A float in [lo, hi], with either end open (lo_open, hi_open).
+OptionSpec float_range(const char* key, Accessor<double> field, double lo, double hi, bool lo_open,
+                       bool hi_open, std::string help) {
   std::string range = (lo_open ? "> " : ">= ") + format_double(lo);
-  if (hi != std::numeric_limits<double>::infinity()) range += " and <= " + format_double(hi);
+  if (hi != std::numeric_limits<double>::infinity()) range += (hi_open ? " and < " : " and <= ") + format_double(hi);
   auto set = [=](ExperimentConfig& c, const YAML::Node& v, const std::string& src) {
     double parsed = 0;
     try {
@@ -89,7 +90,7 @@ OptionSpec float_option(const char* key, Accessor<double> field, double lo, doub
     } catch (const YAML::Exception&) {
       bad_value(key, v, src, "a number (" + range + ")");
     }
-    bool ok = std::isfinite(parsed) && (lo_open ? parsed > lo : parsed >= lo) && parsed <= hi;
+    bool ok = std::isfinite(parsed) && (lo_open ? parsed > lo : parsed >= lo) && (hi_open ? parsed < hi : parsed <= hi);
     if (!ok) bad_value(key, v, src, "a number " + range);
     field(c) = parsed;
   };
@@ -97,6 +98,11 @@ OptionSpec float_option(const char* key, Accessor<double> field, double lo, doub
     return format_double(field(const_cast<ExperimentConfig&>(c)));
   };
   return {key, "float", range, std::move(help), set, get};
+}
+
+OptionSpec float_option(const char* key, Accessor<double> field, double lo, double hi, bool lo_open,
+                        std::string help) {
+  return float_range(key, std::move(field), lo, hi, lo_open, false, std::move(help));
 }
 
 OptionSpec bool_option(const char* key, Accessor<bool> field, std::string help) {
@@ -223,10 +229,10 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(diffusion.steps), 1, kNoMax, "Diffusion steps T"),
       string_option(FIELD(diffusion.schedule), {"linear", "scaled_linear", "cosine"},
                     "Noise schedule (scaled_linear: Stable Diffusion's, DiM's recipe with betas 0.00085..0.012)"),
-      float_option(FIELD(diffusion.beta_start), 0, 1, true,
-                   "First beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
-      float_option(FIELD(diffusion.beta_end), 0, 1, true,
-                   "Last beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
+      float_range(FIELD(diffusion.beta_start), 0, 1, true, true,
+                  "First beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
+      float_range(FIELD(diffusion.beta_end), 0, 1, true, true,
+                  "Last beta of the linear schedules (linear: at T=1000, rescaled by 1000/T)"),
 
       string_option(FIELD(data.name), {"fashion_mnist", "image_folder", "latents"},
                     "Dataset (latents: a cache written by dit encode)"),
@@ -247,8 +253,9 @@ std::vector<OptionSpec> build_table() {
                  "Linear learning-rate warm-up: step s (from 1) uses lr * min(1, s / N); 0 = none"),
       float_option(FIELD(train.weight_decay), 0, kInf, false,
                    "AdamW weight decay (not applied to what a backbone exempts, e.g. DiM's A_log, D)"),
-      float_option(FIELD(train.adam_beta1), 0, 1, false, "AdamW beta1"),
-      float_option(FIELD(train.adam_beta2), 0, 1, false, "AdamW beta2"),
+      // 1 would divide by zero in the bias corrections.
+      float_range(FIELD(train.adam_beta1), 0, 1, false, true, "AdamW beta1"),
+      float_range(FIELD(train.adam_beta2), 0, 1, false, true, "AdamW beta2"),
       float_option(FIELD(train.adam_eps), 0, kInf, true, "AdamW epsilon"),
       float_option(FIELD(train.grad_clip), 0, kInf, false, "Max global gradient norm; 0 = off"),
       float_option(FIELD(train.ema_decay), 0, 1, false, "EMA decay per step"),

@@ -162,6 +162,26 @@ TEST_CASE("a run trained longer is finished only when both final files are at it
   CHECK(fs::last_write_time(dir / "run/ema.safetensors") == written);
 }
 
+TEST_CASE("a resumed run refuses a dataset of another size unless allowed", "[resume]") {
+  namespace fs = std::filesystem;
+  TempDir dir("resume");
+  train(config_for(dir / "run", {"train.steps=3"}));
+  const std::string last = dir / "run/checkpoints/step-00000003";
+  Checkpoint c = load_checkpoint(last);
+  REQUIRE(c.trainer_metadata.at("dataset_size") == "256");  // configs/debug/dit.yaml's data.limit
+  // As if the run had trained on a folder that has since gained images (no config key changes).
+  c.trainer_metadata["dataset_size"] = "300";
+  fs::remove_all(last);
+  save_checkpoint(dir / "run", c, 0, 0);
+  TrainOptions resume;
+  resume.resume = "auto";
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=5"}), resume),
+                    Catch::Contains("the dataset now holds 256 items") && Catch::Contains(last) &&
+                        Catch::Contains("trained on 300"));
+  resume.allow_config_change = true;
+  CHECK(train(config_for(dir / "run", {"train.steps=5"}), resume).start_step == 3);
+}
+
 TEST_CASE("resume auto starts fresh when there is no checkpoint", "[resume]") {
   TempDir dir("resume");
   TrainOptions resume;

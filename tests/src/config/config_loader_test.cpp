@@ -91,6 +91,9 @@ TEST_CASE("wrong types and out-of-range values name key, file and expectation", 
       {"sample:\n  sampler: euler\n", "sample.sampler", "ddpm"},
       {"train:\n  steps: [1, 2]\n", "train.steps", "an integer"},
       {"model:\n  name: \"\"\n", "model.name", "a string"},
+      // 1 divides by zero in AdamW's bias correction and in the diffusion's x0 from x_t.
+      {"train:\n  adam_beta2: 1\n", "train.adam_beta2", "< 1"},
+      {"diffusion:\n  beta_end: 1\n", "diffusion.beta_end", "< 1"},
   };
   for (const auto& c : cases) {
     write(dir / "bad.yaml", c.yaml);

@@ -49,6 +49,10 @@ TEST_CASE("the linear schedule spans 1e-4 .. 0.02 and abar is the running produc
   CHECK(d.tables().alphas_cumprod[999].item<double>() == Approx(4.04e-5).epsilon(0.01));
   // Any other T keeps the same total noise by scaling.
   CHECK(make_betas("linear", 100).back() == Approx(0.2));
+  // ... up to where the last beta would reach 1 (T = 20 at the default beta_end 0.02).
+  CHECK(make_betas("linear", 21).back() < 1.0);
+  CHECK_THROWS_WITH(make_betas("linear", 20), Catch::Contains("diffusion.beta_end") &&
+                                                  Catch::Contains("diffusion.steps 20"));
   auto cosine = make_betas("cosine", 1000);
   CHECK(*std::max_element(cosine.begin(), cosine.end()) <= 0.999);
 }

@@ -124,12 +124,15 @@ int lr_sweep(const ExperimentConfig& config, const Dataset& data, WidthStudy stu
 
 int run_mup(int argc, char** argv) {
   const std::string sub = argc > 2 ? argv[2] : "";
-  if (sub != "coord-check" && sub != "lr-sweep") {
-    throw UsageError("usage: dit mup coord-check|lr-sweep --config FILE [options] [key=value ...]\n"
-                     "  coord-check  activation sizes over the first steps at several widths\n"
-                     "  lr-sweep     the loss per learning rate at several widths\n"
-                     "Run `dit mup coord-check --help` for the options.");
+  const std::string usage = "usage: dit mup coord-check|lr-sweep --config FILE [options] [key=value ...]\n"
+                            "  coord-check  activation sizes over the first steps at several widths\n"
+                            "  lr-sweep     the loss per learning rate at several widths\n"
+                            "Run `dit mup coord-check --help` for the options.";
+  if (sub == "--help" || sub == "-h") {  // asked for: the usage on stdout, exit 0, as every command
+    std::printf("%s\n", usage.c_str());
+    return 0;
   }
+  if (sub != "coord-check" && sub != "lr-sweep") throw UsageError(usage);
   const bool sweep = sub == "lr-sweep";
   Args args("mup " + sub,
             {{"config", "experiment YAML (default: configs/default.yaml)"},

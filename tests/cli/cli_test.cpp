@@ -47,6 +47,13 @@ TEST_CASE("dit reports usage errors with exit code 2 and config errors with 1", 
   CHECK_THAT(read_file(dir / "log"), Catch::StartsWith("model:\n  name: \"dit\""));
   CHECK(run_command(dit_binary() + " config --docs", dir / "log") == 0);
   CHECK_THAT(read_file(dir / "log"), Catch::Contains("`train.lr`"));
+  // Every command's help is asked for, not a usage error, dit mup's (which has subcommands) too.
+  for (const char* command : {"train", "sample", "bench", "sweep", "mup", "mup coord-check"}) {
+    INFO(command);
+    CHECK(run_command(dit_binary() + " " + command + " --help", dir / "log") == 0);
+    CHECK_THAT(read_file(dir / "log"), Catch::Contains("dit " + std::string(command).substr(0, 3)));
+  }
+  CHECK(run_command(dit_binary() + " mup frobnicate", dir / "log") == 2);
 }
 
 TEST_CASE("dit train, then dit sample from the run directory or its weights", "[cli]") {

@@ -110,7 +110,10 @@ FlatConfig parse_overrides(const std::vector<std::string>& overrides) {
     } catch (const YAML::Exception&) {
       node = YAML::Node(value);  // not YAML: take it as a plain string
     }
-    if (node.IsNull()) node = YAML::Node(value);
+    // YAML would drop " #..." as a comment (data.path=/data/run #2 -> /data/run): on a command
+    // line it is part of the value.
+    const bool comment = value.find(" #") != std::string::npos || value.find("\t#") != std::string::npos;
+    if (node.IsNull() || (comment && node.IsScalar())) node = YAML::Node(value);
     flat[key] = {node, "command line"};
   }
   return flat;

@@ -46,6 +46,11 @@ TEST_CASE("a base file is overridden key by key, the command line wins over both
   CHECK(c.model.depth == 3);
   CHECK(c.train.lr == 0.25);  // child over base
   CHECK(c.train.steps == 9);  // command line over both
+  // A '#' in a value on the command line is part of it, not a YAML comment.
+  auto hashed = load_experiment_config(dir / "child.yaml", {"data.path=/data/run #2", "train.steps=4"});
+  CHECK(hashed.data.path == "/data/run #2");
+  CHECK(hashed.train.steps == 4);
+  CHECK_THROWS_AS(load_experiment_config(dir / "child.yaml", {"train.steps=4 #five"}), ConfigError);
 }
 
 TEST_CASE("bases chain through several files and cycles are refused", "[config]") {

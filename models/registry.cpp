@@ -95,13 +95,9 @@ std::shared_ptr<Backbone> build_skip_dit(const ModelConfig& c) {
 
 ModelCost dit_cost(const ModelConfig& c) {
   const DiTOptions o = dit_options(c);
-  // The DiT constructor's check (models/dit/dit.cpp): a model it refuses must not be priced
-  // (input 30 at patch 4 would count a 7x7 grid, input 2 at patch 4 zero tokens).
-  if (o.input_size < 1 || o.patch_size < 1 || o.input_size % o.patch_size != 0) {
-    throw ConfigError("model.input_size " + std::to_string(o.input_size) +
-                      " is not a positive multiple of model.patch_size " + std::to_string(o.patch_size) +
-                      " (" + c.name + ")");
-  }
+  // A model the constructor refuses is not priced either (input 30 at patch 4 would count a
+  // 7x7 grid, input 2 at patch 4 zero tokens).
+  check_dit_options(o);
   const int64_t grid = o.input_size / o.patch_size;
   return {dit_parameter_count(o), dit_parameter_count(o, true), dit_forward_macs(o), grid * grid};
 }

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "src/common/error.h"
+
 namespace ditlab {
 
 LogWindow::LogWindow()
@@ -73,12 +75,17 @@ std::map<std::string, at::Tensor> LogWindow::to_tensors() const {
 }
 
 void LogWindow::from_tensors(const std::map<std::string, at::Tensor>& t) {
-  loss_sum_ = t.at("window.loss_sum");
-  mse_sum_ = t.at("window.mse_sum");
-  vb_sum_ = t.at("window.vb_sum");
-  grad_norm_sum_ = t.at("window.grad_norm_sum");
-  steps_ = t.at("window.steps").item<int64_t>();
-  images_ = t.at("window.images").item<int64_t>();
+  auto get = [&](const char* key) {
+    const auto it = t.find(key);
+    if (it == t.end()) throw IoError(std::string("no tensor '") + key + "'");
+    return it->second;
+  };
+  loss_sum_ = get("window.loss_sum");
+  mse_sum_ = get("window.mse_sum");
+  vb_sum_ = get("window.vb_sum");
+  grad_norm_sum_ = get("window.grad_norm_sum");
+  steps_ = get("window.steps").item<int64_t>();
+  images_ = get("window.images").item<int64_t>();
   extra_sums_.clear();
   const std::string prefix = "window.extra.";
   for (const auto& [name, value] : t) {

@@ -114,16 +114,17 @@ class Trainer {
     step_.optimizer_state_changed();
     // A file that verifies but lacks what is read below (written by something else) is refused
     // naming it, not with a bare lookup error.
-    for (const char* key : {"rng.cpu", "window.loss_sum", "window.mse_sum", "window.vb_sum",
-                            "window.grad_norm_sum", "window.steps", "window.images"}) {
-      if (c.trainer_state.count(key) == 0) {
-        throw IoError(source + "/trainer_state.safetensors: no tensor '" + key + "'");
-      }
-    }
+    const std::string state_file = source + "/trainer_state.safetensors";
+    const auto rng = c.trainer_state.find("rng.cpu");
+    if (rng == c.trainer_state.end()) throw IoError(state_file + ": no tensor 'rng.cpu'");
     // Every rank loaded the checkpoint rank 0 chose (train()); nothing else to agree on.
     at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();
-    cpu_generator.set_state(c.trainer_state.at("rng.cpu"));
-    window_.from_tensors(c.trainer_state);
+    cpu_generator.set_state(rng->second);
+    try {
+      window_.from_tensors(c.trainer_state);
+    } catch (const IoError& e) {
+      throw IoError(state_file + ": " + e.what());
+    }
     // Checkpoints from before the count was saved: a count of 0, as they resumed then.
     const auto bad = c.trainer_state.find("bad_steps");
     bad_steps_ = bad == c.trainer_state.end() ? 0 : bad->second.item<int64_t>();

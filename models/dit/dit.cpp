@@ -138,7 +138,7 @@ void FinalLayerImpl::declare_width_roles(WidthRoles roles) const {
   roles.layer("linear", WidthRole::kOutput, InitLaw::kConstant);  // zero-initialised
 }
 
-DiT::DiT(const DiTOptions& o) : options_(o) {
+void check_dit_options(const DiTOptions& o) {
   auto positive = [](const char* key, int64_t v) {
     if (v < 1) throw ConfigError(std::string("model.") + key + " must be >= 1 (got " +
                                  std::to_string(v) + ")");
@@ -160,6 +160,10 @@ DiT::DiT(const DiTOptions& o) : options_(o) {
     throw ConfigError("model.input_size " + std::to_string(o.input_size) +
                       " is not divisible by model.patch_size " + std::to_string(o.patch_size));
   }
+}
+
+DiT::DiT(const DiTOptions& o) : options_(o) {
+  check_dit_options(o);
   const int64_t grid = o.input_size / o.patch_size;
   const int64_t out_channels = o.learn_sigma ? 2 * o.in_channels : o.in_channels;
 

@@ -80,6 +80,10 @@ class FinalLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FinalLayer);
 
+// The options the DiT constructor refuses (ConfigError naming the model.* key): sizes below 1,
+// an input not divisible by the patch, checkpointed blocks with experts. dit flops checks the
+// same before pricing a model.
+void check_dit_options(const DiTOptions& options);
 // Backbone::forward_macs() of the DiT these options describe, without building it.
 int64_t dit_forward_macs(const DiTOptions& options);
 // Its parameter count (pos_embed included), without building it; `active_only` counts only the

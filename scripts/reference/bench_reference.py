@@ -148,9 +148,14 @@ def main():
             times.append(1e3 * (time.perf_counter() - start))
     ops_per_step = None
     if a.count_ops:  # after the timed steps: the profiler slows every call down
+        # One intra-op thread: calls an operator makes on worker threads have no parent there and
+        # would count as outermost (ditlab's counter skips parallel regions).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         with torch.autograd.profiler.profile() as prof:
             step().item()
             sync()
+        torch.set_num_threads(threads)
         counts = {}
         for e in prof.function_events:  # outermost operator calls, as ditlab's OpCounter
             if not e.name.startswith("aten::"):

@@ -1,5 +1,6 @@
 // `dit sweep`: runs (or prints) a grid of training runs and collects their results
 // (trainers/sweep.h).
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <torch/cuda.h>
@@ -124,17 +125,29 @@ Outcome run_step(const std::string& command, const std::string& log, const std::
   std::vector<char> script_chars(script.begin(), script.end());
   script_chars.push_back('\0');
   char* const argv[] = {sh, dash_c, script_chars.data(), nullptr};
+  // Between fork and exec the child would run the sweep's handler, which would swallow a stop
+  // meant for it: the signals stay blocked across fork, the child takes the default actions
+  // back before unblocking (a pending stop then ends it, which counts as interrupted), and the
+  // parent unblocks once the pid is in its slot, where the handler finds it.
+  sigset_t stop_signals, previous_mask;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  ::pthread_sigmask(SIG_BLOCK, &stop_signals, &previous_mask);
   const pid_t pid = ::fork();
   if (pid == 0) {
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    ::pthread_sigmask(SIG_SETMASK, &previous_mask, nullptr);
     ::execv(sh, argv);
     ::_exit(127);
   }
   const int fork_errno = errno;
+  if (pid > 0) slot.store(pid);
+  ::pthread_sigmask(SIG_SETMASK, &previous_mask, nullptr);
   int status = -1;
   if (pid > 0) {
-    slot.store(pid);
-    // A signal that came after the check above found no pid to pass the stop on to (and a
-    // terminal's Ctrl-C may have reached the child before its exec, where it was lost).
+    // A signal that came after the check above found no pid to pass the stop on to.
     if (SweepStopSignals::stopping()) ::kill(pid, SIGTERM);
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
@@ -184,7 +197,12 @@ Outcome run_pipeline(const SweepSpec& spec, const SweepRun& run, const std::stri
 
 // Whether a run trains on a GPU (CUDA_VISIBLE_DEVICES then decides which).
 bool trains_on_cuda(const SweepSpec& spec, const SweepRun& run) {
-  const std::string device = load_experiment_config(spec.base, run.overrides).train.device;
+  std::string device;
+  try {
+    device = load_experiment_config(spec.base, run.overrides).train.device;
+  } catch (const Error&) {
+    return false;  // that run fails on its own, counted, as any other
+  }
   return device.rfind("cuda", 0) == 0 || (device == "auto" && torch::cuda::is_available());
 }
 

@@ -1,5 +1,6 @@
 #include "src/common/op_counter.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/record_function.h>
 
 #include <atomic>
@@ -35,6 +36,9 @@ thread_local int open_operators = 0;
 
 std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
   if (!is_operator(fn)) return nullptr;  // autograd nodes: the operators they call count
+  // Inside at::parallel_for an operator's implementation runs on worker threads, where nothing
+  // is open yet: those calls are not the framework's either, and their number follows the threads.
+  if (at::in_parallel_region()) return nullptr;
   if (open_operators++ == 0) {
     Tally& t = tally();
     std::lock_guard<std::mutex> lock(t.mutex);
@@ -44,7 +48,7 @@ std::unique_ptr<at::ObserverContext> on_enter(const at::RecordFunction& fn) {
 }
 
 void on_exit(const at::RecordFunction& fn, at::ObserverContext* /*unused*/) {
-  if (is_operator(fn) && open_operators > 0) --open_operators;
+  if (is_operator(fn) && !at::in_parallel_region() && open_operators > 0) --open_operators;
 }
 
 }  // namespace

@@ -113,7 +113,8 @@ FlatConfig parse_overrides(const std::vector<std::string>& overrides) {
     // YAML would drop " #..." as a comment (data.path=/data/run #2 -> /data/run): on a command
     // line it is part of the value.
     const bool comment = value.find(" #") != std::string::npos || value.find("\t#") != std::string::npos;
-    if (node.IsNull() || (comment && node.IsScalar())) node = YAML::Node(value);
+    // Only a plain scalar (tag "?"): a quoted one ("/data/run #2") already holds the whole text.
+    if (node.IsNull() || (comment && node.IsScalar() && node.Tag() == "?")) node = YAML::Node(value);
     flat[key] = {node, "command line"};
   }
   return flat;

@@ -18,10 +18,11 @@ std::vector<double> make_betas(const std::string& schedule, int64_t num_timestep
     double lo = scale * beta_start, hi = scale * beta_end;
     // A beta of 1 destroys the signal entirely (alpha_bar = 0: x0 from x_t divides by zero).
     if (hi >= 1.0 || lo >= 1.0) {
-      throw ConfigError("the linear schedule rescales betas by 1000 / diffusion.steps: diffusion.beta_end " +
-                        std::to_string(beta_end) + " at diffusion.steps " + std::to_string(num_timesteps) +
-                        " gives a beta of " + std::to_string(std::max(lo, hi)) +
-                        ", expected < 1; use more steps or a smaller beta_end");
+      const std::string key = hi >= lo ? "beta_end" : "beta_start";
+      throw ConfigError("the linear schedule rescales betas by 1000 / diffusion.steps: diffusion." + key + " " +
+                        std::to_string(hi >= lo ? beta_end : beta_start) + " at diffusion.steps " +
+                        std::to_string(num_timesteps) + " gives a beta of " + std::to_string(std::max(lo, hi)) +
+                        ", expected < 1; use more steps or a smaller " + key);
     }
     for (int64_t i = 0; i < num_timesteps; ++i) {
       betas[i] = num_timesteps == 1 ? lo : lo + (hi - lo) * static_cast<double>(i) /

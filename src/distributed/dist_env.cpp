@@ -7,12 +7,14 @@
 namespace ditlab {
 namespace {
 
-// `fallback` < 0: the variable is required (set and not empty).
+// `fallback` < 0: the variable is required. Set but empty is an error either way: a launcher
+// that sets a variable gives it a value.
 int parse_int(const GetEnv& getenv, const char* name, int fallback) {
   const char* value = getenv(name);
+  if (value == nullptr && fallback >= 0) return fallback;
   if (value == nullptr || *value == '\0') {
-    if (fallback >= 0) return fallback;
-    throw ConfigError(std::string("environment variable ") + name + " is empty; expected a non-negative integer");
+    throw ConfigError(std::string("environment variable ") + name + (value == nullptr ? " is not set" : " is empty") +
+                      "; expected a non-negative integer");
   }
   char* end = nullptr;
   long parsed = std::strtol(value, &end, 10);
@@ -77,7 +79,10 @@ DistEnv detect_dist_env(const GetEnv& getenv) {
     env.local_rank = parse_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK", 0);
     env.local_world_size = parse_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE", env.world_size);
   }
-  if (const char* addr = getenv("MASTER_ADDR"); addr && *addr) env.master_addr = addr;
+  if (const char* addr = getenv("MASTER_ADDR")) {
+    if (*addr == '\0') throw ConfigError("environment variable MASTER_ADDR is empty; expected a host name or address");
+    env.master_addr = addr;
+  }
   env.master_port = parse_int(getenv, "MASTER_PORT", env.master_port);
   if (env.world_size < 1 || env.rank >= env.world_size) {
     throw ConfigError("distributed environment (" + env.launcher + "): rank " +

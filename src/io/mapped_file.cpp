@@ -44,6 +44,13 @@ void write_stderr(const char* text) {
 }
 
 void on_sigbus(int signal, siginfo_t* info, void* context) {
+  // Sent by a process (kill -BUS: si_code <= 0), si_addr means nothing: the previous disposition
+  // gets the signal again.
+  if (info->si_code <= 0) {
+    ::sigaction(SIGBUS, &g_previous_sigbus, nullptr);
+    ::raise(SIGBUS);
+    return;
+  }
   const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
   for (const Slot& slot : g_slots) {
     const uintptr_t begin = slot.begin.load();

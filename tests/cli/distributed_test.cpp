@@ -29,6 +29,14 @@ std::string train_command(const std::string& args) {
          "/configs/debug/dit.yaml sample.at_end=false " + args;
 }
 
+// The largest |a - b| over the weights of two weight files with the same keys.
+double max_weight_difference(const std::string& a_path, const std::string& b_path) {
+  const auto a = read_safetensors(a_path).tensors, b = read_safetensors(b_path).tensors;
+  double max_diff = 0;
+  for (const auto& [name, t] : a) max_diff = std::max(max_diff, (t - b.at(name)).abs().max().item<double>());
+  return max_diff;
+}
+
 // One rank with the torchrun variables set; returns its pid.
 pid_t start_rank(int rank, int world, int port, const std::string& args, const std::string& log) {
   pid_t pid = fork();
@@ -57,10 +65,7 @@ TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole b
                           train_command(common + "run.dir=" + (dir / "two")),
                       dir / "two.log") == 0);
   CHECK_THAT(read_file(dir / "two.log"), Catch::Contains("2 ranks (torchrun, gloo)"));
-  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
-  auto two = read_safetensors(dir / "two/model.safetensors").tensors;
-  double max_diff = 0;
-  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  const double max_diff = max_weight_difference(dir / "one/model.safetensors", dir / "two/model.safetensors");
   INFO("max |1 rank - 2 ranks| = " << max_diff);
   CHECK(max_diff < 1e-4);  // only the order of floating-point sums differs
   // Only rank 0 wrote the run directory.
@@ -75,6 +80,7 @@ TEST_CASE("2 ranks with half batches give the weights of 1 rank with the whole b
   REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29633 -- " +
                           train_command(common + "train.grad_reduce_overlap=false run.dir=" + (dir / "serial")),
                       dir / "serial.log") == 0);
+  const auto two = read_safetensors(dir / "two/model.safetensors").tensors;
   auto serial = read_safetensors(dir / "serial/model.safetensors").tensors;
   for (const auto& [name, t] : two) CHECK(at::allclose(t, serial.at(name), 1e-5, 1e-6));
   // Checkpointed blocks accumulate their parameters' gradients in a nested backward, which
@@ -104,10 +110,7 @@ TEST_CASE("Skip-DiT, U-DiT and DiT-MoE train the same on 2 ranks as on 1", "[dis
     REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29635 -- " +
                             command("two"),
                         dir / "two.log") == 0);
-    auto one = read_safetensors(dir / "one/model.safetensors").tensors;
-    auto two = read_safetensors(dir / "two/model.safetensors").tensors;
-    double max_diff = 0;
-    for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+    const double max_diff = max_weight_difference(dir / "one/model.safetensors", dir / "two/model.safetensors");
     INFO(backbone << ": max |1 rank - 2 ranks| = " << max_diff);
     CHECK(max_diff < 1e-4);
   }
@@ -121,10 +124,7 @@ TEST_CASE("a µP model trains the same on 2 ranks as on 1", "[distributed][mup]"
   REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29637 -- " +
                           train_command(common + "run.dir=" + (dir / "two")),
                       dir / "two.log") == 0);
-  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
-  auto two = read_safetensors(dir / "two/model.safetensors").tensors;
-  double max_diff = 0;
-  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  const double max_diff = max_weight_difference(dir / "one/model.safetensors", dir / "two/model.safetensors");
   INFO("max |1 rank - 2 ranks| = " << max_diff);
   CHECK(max_diff < 1e-4);
 }
@@ -169,10 +169,7 @@ TEST_CASE("every rank resumes from the checkpoint rank 0 chooses", "[distributed
                       dir / "resumed.log") == 0);
   CHECK_THAT(read_file(dir / "resumed.log"), Catch::Contains("resumed from step 2"));
   REQUIRE(run_command(train_command(common + "run.dir=" + (dir / "one")), dir / "one.log") == 0);
-  auto one = read_safetensors(dir / "one/model.safetensors").tensors;
-  auto two = read_safetensors(dir / "run/model.safetensors").tensors;
-  double max_diff = 0;
-  for (const auto& [name, t] : one) max_diff = std::max(max_diff, (t - two.at(name)).abs().max().item<double>());
+  const double max_diff = max_weight_difference(dir / "one/model.safetensors", dir / "run/model.safetensors");
   INFO("max |1 rank - 2 ranks resumed| = " << max_diff);
   CHECK(max_diff < 1e-4);
 }

@@ -37,7 +37,7 @@ TEST_CASE("dit encode on 2 ranks writes the cache of 1 rank, and dit train learn
   save_autoencoder(AutoencoderKL(spec.options), spec, weights);
 
   REQUIRE(run_command(encode_command(weights, dir / "one"), dir / "one.log") == 0);
-  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29641 -- " +
+  REQUIRE(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29651 -- " +
                           encode_command(weights, dir / "two"),
                       dir / "two.log") == 0);
   INFO(read_file(dir / "two.log"));
@@ -56,7 +56,7 @@ TEST_CASE("dit encode on 2 ranks writes the cache of 1 rank, and dit train learn
   CHECK_THAT(read_file(dir / "again.log"), Catch::Contains("0 shards encoded and 3 kept"));
   // Other settings into the same folder on 2 ranks: rank 0 names the difference and rank 1
   // stops at once, saying so, rather than waiting for a collective that never comes.
-  CHECK(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29642 -- " +
+  CHECK(run_command(ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 --master-port 29652 -- " +
                         encode_command(weights, dir / "one") + " --dtype float16",
                     dir / "other.log") != 0);
   CHECK_THAT(read_file(dir / "other.log"), Catch::Contains("dtype = \"float32\"") &&

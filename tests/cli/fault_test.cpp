@@ -21,6 +21,7 @@
 using namespace ditlab;
 using ditlab::testing::TempDir;
 using ditlab::testing::wait_for;
+using ditlab::testing::wait_until;
 namespace fs = std::filesystem;
 
 namespace {
@@ -46,15 +47,6 @@ pid_t start_training(const std::vector<std::string>& args, const std::string& lo
   return pid;
 }
 
-
-bool wait_until(const std::function<bool()>& condition, double seconds) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
 
 }  // namespace
 

@@ -18,6 +18,8 @@
 
 using namespace ditlab;
 using ditlab::testing::TempDir;
+using ditlab::testing::wait_or_kill_group;
+using ditlab::testing::wait_until;
 namespace fs = std::filesystem;
 
 namespace {
@@ -29,35 +31,8 @@ pid_t start_launch(const TempDir& dir, int rank_code, const std::string& log) {
   const std::string d = dir.path();
   const std::string rank = "trap 'kill $! 2>/dev/null; sleep 1; touch " + d + "/stopped.$RANK; exit $((RANK * " +
                            std::to_string(rank_code) + "))' TERM; touch " + d + "/started.$RANK; sleep 60 & wait";
-  const std::string script = "exec " + ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 -- sh -c " +
-                             shell_quoted(rank) + " > '" + log + "' 2>&1";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    setpgid(0, 0);
-    execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
-bool wait_until(const std::function<bool()>& condition, double seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return condition();
-}
-
-// The exit code (or -signal) of `pid`; -1000 after `seconds`, its group then killed.
-int wait_or_kill_group(pid_t pid, double seconds) {
-  int status = 0;
-  if (!wait_until([&] { return waitpid(pid, &status, WNOHANG) == pid; }, seconds)) {
-    kill(-pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1000;
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  return ditlab::testing::start_in_own_group(
+      ditlab::testing::source_dir() + "/scripts/launch.sh --nproc 2 -- sh -c " + shell_quoted(rank), log);
 }
 
 }  // namespace

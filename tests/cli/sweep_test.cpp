@@ -19,37 +19,11 @@ using namespace ditlab;
 using ditlab::testing::TempDir;
 using ditlab::testing::dit_binary;
 using ditlab::testing::run_command;
+using ditlab::testing::start_in_own_group;
+using ditlab::testing::wait_or_kill_group;
 namespace fs = std::filesystem;
 
 namespace {
-// Starts a shell command line (exec'd: the pid is the command's own) in a process group of its
-// own, output into `log`; returns its pid, which is also the group's id.
-pid_t start_in_own_group(const std::string& command, const std::string& log) {
-  const std::string script = "exec " + command + " > '" + log + "' 2>&1";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    setpgid(0, 0);
-    execl("/bin/sh", "sh", "-c", script.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
-// Its exit code (or -signal); after `seconds` the whole group is killed and the answer is -1000,
-// so that a sweep that does not stop fails the test instead of hanging it.
-int wait_or_kill_group(pid_t pid, double seconds) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  int status = 0;
-  while (waitpid(pid, &status, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(-pid, SIGKILL);
-      waitpid(pid, &status, 0);
-      return -1000;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-}
 
 bool has_trained(const std::string& run_dir) {
   return fs::exists(run_dir + "/metrics.jsonl") && fs::file_size(run_dir + "/metrics.jsonl") > 0;

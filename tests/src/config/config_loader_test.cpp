@@ -49,6 +49,7 @@ TEST_CASE("a base file is overridden key by key, the command line wins over both
   // A '#' in a value on the command line is part of it, not a YAML comment.
   auto hashed = load_experiment_config(dir / "child.yaml", {"data.path=/data/run #2", "train.steps=4"});
   CHECK(hashed.data.path == "/data/run #2");
+  CHECK(load_experiment_config(dir / "child.yaml", {"data.path=\"/data/run #2\""}).data.path == "/data/run #2");
   CHECK(hashed.train.steps == 4);
   CHECK_THROWS_AS(load_experiment_config(dir / "child.yaml", {"train.steps=4 #five"}), ConfigError);
 }

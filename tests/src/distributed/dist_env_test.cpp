@@ -71,6 +71,8 @@ TEST_CASE("malformed launcher variables name the variable", "[distributed]") {
   // Set but empty is not "rank 0"; half of torchrun's pair is not "one process".
   CHECK_THROWS_WITH(detect({{"RANK", ""}, {"WORLD_SIZE", "2"}}), Catch::Contains("RANK is empty"));
   CHECK_THROWS_WITH(detect({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", ""}}), Catch::Contains("SLURM_NTASKS is empty"));
+  CHECK_THROWS_WITH(detect({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", ""}}), Catch::Contains("LOCAL_RANK is empty"));
+  CHECK_THROWS_WITH(detect({{"MASTER_ADDR", ""}}), Catch::Contains("MASTER_ADDR is empty"));
   CHECK_THROWS_WITH(detect({{"RANK", "1"}}), Catch::Contains("RANK is set but WORLD_SIZE is not"));
   CHECK_THROWS_WITH(detect({{"WORLD_SIZE", "4"}}), Catch::Contains("WORLD_SIZE is set but RANK is not"));
 }

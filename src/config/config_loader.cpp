@@ -114,7 +114,11 @@ FlatConfig parse_overrides(const std::vector<std::string>& overrides) {
     // line it is part of the value.
     const bool comment = value.find(" #") != std::string::npos || value.find("\t#") != std::string::npos;
     // Only a plain scalar (tag "?"): a quoted one ("/data/run #2") already holds the whole text.
-    if (node.IsNull() || (comment && node.IsScalar() && node.Tag() == "?")) node = YAML::Node(value);
+    // `key=` is the empty string; `key=null` (or ~) is YAML's null, as in a file (it clears an
+    // optional path such as train.init_from, and is refused where a value is required).
+    if ((node.IsNull() && value.empty()) || (comment && node.IsScalar() && node.Tag() == "?")) {
+      node = YAML::Node(value);
+    }
     flat[key] = {node, "command line"};
   }
   return flat;

@@ -50,6 +50,10 @@ TEST_CASE("a base file is overridden key by key, the command line wins over both
   auto hashed = load_experiment_config(dir / "child.yaml", {"data.path=/data/run #2", "train.steps=4"});
   CHECK(hashed.data.path == "/data/run #2");
   CHECK(load_experiment_config(dir / "child.yaml", {"data.path=\"/data/run #2\""}).data.path == "/data/run #2");
+  // null on the command line is null, as in a file: it clears an optional path.
+  CHECK(load_experiment_config(dir / "child.yaml", {"train.init_from=w.safetensors", "train.init_from=null"})
+            .train.init_from.empty());
+  CHECK_THROWS_AS(load_experiment_config(dir / "child.yaml", {"train.steps=null"}), ConfigError);
   CHECK(hashed.train.steps == 4);
   CHECK_THROWS_AS(load_experiment_config(dir / "child.yaml", {"train.steps=4 #five"}), ConfigError);
 }

@@ -25,6 +25,7 @@
 #include "src/common/log.h"
 #include "src/common/op_counter.h"
 #include "src/common/peak_tflops.h"
+#include "src/common/text.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
 #include "src/io/atomic_file.h"
@@ -88,7 +89,7 @@ int64_t count_operators(const std::string& path, const std::function<void()>& it
   std::string json = "{";
   int64_t total = 0;
   for (const auto& [name, calls] : counts) {
-    json += (json.size() > 1 ? ", \"" : "\"") + name + "\": " + std::to_string(calls);
+    json += (json.size() > 1 ? ", " : "") + json_quoted(name) + ": " + std::to_string(calls);
     total += calls;
   }
   write_file_atomically(path, json + "}\n");
@@ -145,9 +146,9 @@ int run_bench(int argc, char** argv) {
   }
   const c10::Device device = select_device(args.get_or("device", config.train.device));
   // --precision, else train.precision from --config or a train.precision=... override; "auto"
-  // (its default in ExperimentConfig) leaves it to the device: bf16 on CUDA, fp32 on CPUs.
+  // (its default in ExperimentConfig) is resolved as the training step resolves it.
   std::string precision = config.train.precision;
-  if (precision == "auto") precision = device.is_cuda() ? "bf16" : "fp32";
+  if (precision == "auto") precision = compat::bf16_supported(device) ? "bf16" : "fp32";
   precision = args.get_or("precision", precision);
   if (precision != "fp32" && precision != "bf16") {
     throw UsageError("bench: --precision must be fp32 or bf16, not '" + precision + "'");

@@ -1,7 +1,9 @@
-// ImageNet-style folders: root/<class>/<image>, classes numbered in sorted order (as
-// torchvision's ImageFolder, so labels match Python-trained checkpoints). data.limit keeps the
-// first N files in that order (so a small limit may cover only the first classes). Images are decoded per
-// batch with OpenCV and centre-cropped as ADM / DiT do.
+// ImageNet-style folders: root/<class>/<image>, read as torchvision's ImageFolder reads them, so
+// labels and file indices match Python-trained checkpoints and Python data pipelines: classes
+// numbered in sorted order, each class's files in the order of sorted(os.walk(class_dir,
+// followlinks=True)) with each folder's names sorted. data.limit keeps the first N files in that
+// order (so a small limit may cover only the first classes). Images are decoded per batch with
+// OpenCV (EXIF orientation ignored, as PIL's loader does) and centre-cropped exactly as DiT does.
 #pragma once
 #include <opencv2/core/mat.hpp>
 
@@ -20,6 +22,8 @@ class ImageFolder : public Dataset {
   Batch get_batch(const std::vector<int64_t>& indices) const override;
 
   const std::vector<std::string>& classes() const { return classes_; }
+  // (path, label) in dataset order.
+  const std::vector<std::pair<std::string, int64_t>>& files() const { return files_; }
 
  private:
   std::vector<std::string> classes_;
@@ -27,8 +31,10 @@ class ImageFolder : public Dataset {
   int64_t image_size_;
 };
 
-// ADM's center_crop_arr: halve with area filtering while the short side is >= 2x the target,
-// resize (bicubic) so the short side equals the target, then crop the centre. RGB uint8 in/out.
+// DiT's center_crop_arr (train.py, from ADM), pixel for pixel with Pillow: while the short side
+// is at least 2 * size, halve both sides (floor) with Pillow's BOX filter; resize with Pillow's
+// BICUBIC so the short side is `size` (the long side scaled and rounded half to even, as
+// Python's round()); crop the centre square, offsets floored. RGB uint8 in and out.
 cv::Mat center_crop_adm(const cv::Mat& rgb, int64_t size);
 
 }  // namespace ditlab

@@ -54,20 +54,33 @@ class Backbone : public torch::nn::Module {
 
   virtual BackboneShape shape() const = 0;
 
+  // Throws unless forward(x, t, y) can take these inputs: what every forward checks (see
+  // check_input) and, besides, every label within [0, num_classes) ([0, num_classes] with the
+  // null row), naming the offending label. The label check reads y's values, which on a GPU
+  // waits for the stream, so forward leaves it out of the training hot path (labels come from
+  // the data, checked against num_classes when it is loaded, and from the samplers); call this
+  // on inputs from outside, as `dit forward` does.
+  void validate_inputs(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) const;
+
   // Multiply-accumulates of one forward pass for one sample, counted analytically from the
   // architecture the way the DiT family's papers count "Gflops" (one MAC = one FLOP; matmuls,
   // attention products and convolutions; not norms, activations or elementwise ops; U-DiT's
   // FFNs in their folded inference form). Training costs about 3x this per image (forward +
   // backward), i.e. 6 x MACs FLOPs.
   virtual int64_t forward_macs() const = 0;
+  // The same for the forward pass as training runs it, the base of training FLOPs and MFU. It
+  // differs from forward_macs() only where training runs another form: U-DiT's FFNs unfolded
+  // (about 1.2x the folded model).
+  virtual int64_t training_forward_macs() const { return forward_macs(); }
 
   // Around one sampling run; the sampler calls both. Backbones that can reuse deep features
   // across denoising steps (Skip-DiT's Skip-Cache) use `cache`; the others reject an
   // interval > 1 with ConfigError.
   virtual void begin_sampling(const SamplingCache& cache);
   virtual void end_sampling() {}
-  // Whether AdamW's weight decay applies to the parameter `name` (its state-dict key). Most
-  // backbones decay everything; Mamba's A_log and D are exempt in the official DiM recipe.
+  // Whether AdamW's weight decay applies to the parameter `name` (its state-dict key). Every
+  // backbone here decays everything, as the official recipes do (DiM's included: its
+  // initialize_train_state hands all parameters to one AdamW); an override may exempt some.
   virtual bool decays(const std::string& name) const { return true; }
 
   // µP: the width role and the standard initialisation law of every trainable parameter,
@@ -80,9 +93,11 @@ class Backbone : public torch::nn::Module {
   }
 
  protected:
-  // Throws ShapeError unless x is [N, in_channels, input_size, input_size] (per shape()),
-  // naming `model` and both shapes.
-  void check_input(const char* model, const at::Tensor& x) const;
+  // Throws ShapeError unless x is [N, in_channels, input_size, input_size] (per shape()) and
+  // t and y are [N], naming `model` and the shapes or batch sizes that disagree. Only shapes are
+  // looked at (no values are read), so every forward calls it at no cost.
+  void check_input(const char* model, const at::Tensor& x, const at::Tensor& t,
+                   const at::Tensor& y) const;
 
  private:
   std::map<std::string, OptimizerScaling> optimizer_scaling_;  // empty: standard parametrization

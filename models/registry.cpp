@@ -98,18 +98,15 @@ ModelCost dit_cost(const ModelConfig& c) {
   // A model the constructor refuses is not priced either (input 30 at patch 4 would count a
   // 7x7 grid, input 2 at patch 4 zero tokens).
   check_dit_options(o);
-  const int64_t grid = o.input_size / o.patch_size;
-  return {dit_parameter_count(o), dit_parameter_count(o, true), dit_forward_macs(o), grid * grid};
+  return {dit_parameter_count(o), dit_parameter_count(o, true), dit_forward_macs(o), dit_tokens(o)};
 }
 
+// The same formulas as SkipDiT's own (models/skip_dit/skip_dit.h), so the two cannot disagree.
 ModelCost skip_dit_cost(const ModelConfig& c) {
-  ModelCost cost = dit_cost(c);
-  const int64_t D = c.hidden_size, skips = c.depth / 2;
-  const int64_t per_skip = 2 * 2 * D + (2 * D * D + D);  // LayerNorm(2D), Linear(2D -> D)
-  cost.parameters += skips * per_skip;
-  cost.active_parameters += skips * per_skip;
-  cost.forward_macs += skips * cost.tokens * 2 * D * D;
-  return cost;
+  const DiTOptions o = dit_options(c);
+  check_skip_dit_options(o);
+  return {skip_dit_parameter_count(o), skip_dit_parameter_count(o, true), skip_dit_forward_macs(o),
+          dit_tokens(o)};
 }
 
 UDiTOptions udit_options(const ModelConfig& c) {
@@ -130,7 +127,8 @@ UDiTOptions udit_options(const ModelConfig& c) {
 ModelCost udit_cost(const ModelConfig& c) {
   const UDiTOptions o = udit_options(c);
   const int64_t params = udit_parameter_count(o, /*inference_form=*/true);
-  return {params, params, udit_forward_macs(o), c.input_size * c.input_size};
+  return {params, params, udit_forward_macs(o), c.input_size * c.input_size,
+          udit_forward_macs(o, /*training_form=*/true)};
 }
 
 DiMOptions dim_options(const ModelConfig& c) {
@@ -312,7 +310,9 @@ ModelConfig resolve_model_config(const ModelConfig& config) {
 
 ModelCost model_cost(const ModelConfig& config) {
   const Preset* preset = nullptr;
-  return family_for(config.name, &preset).cost(resolve_model_config(config));
+  ModelCost cost = family_for(config.name, &preset).cost(resolve_model_config(config));
+  if (cost.training_forward_macs == 0) cost.training_forward_macs = cost.forward_macs;  // one form
+  return cost;
 }
 
 bool has_sampling_cache(const std::string& model_name) {

@@ -31,6 +31,7 @@ struct ModelCost {
   int64_t active_parameters = 0;  // used per token (DiT-MoE: k routed experts + the shared one)
   int64_t forward_macs = 0;       // per sample, as Backbone::forward_macs
   int64_t tokens = 0;             // sequence length (U-DiT: pixels of the first level)
+  int64_t training_forward_macs = 0;  // as Backbone::training_forward_macs (the base of training FLOPs)
 };
 ModelCost model_cost(const ModelConfig& config);
 

@@ -2,17 +2,22 @@
 # One pass on a GPU machine: the CUDA build (../shared/cuda-build.md recipe: pip torch's
 # LibTorch + Debian's yaml-cpp/spdlog/fmt/Catch2 unpacked in .deps/), a bf16 training run over
 # NCCL, `dit bench` against the PyTorch reference (eager and torch.compile) on the same GPU, and
-# the CPU test suite on the 2.x build. Every stage logs to $LOG_DIR and is time-boxed, so a run
-# cut short still leaves its numbers.
+# the CPU test suite on the 2.x build. Every stage is time-boxed, so a run cut short still leaves
+# its numbers. $LOG_DIR (default $OUT) receives three files only, as the device tool returns few:
+# summary.txt, bench.jsonl and logs.tar.gz (every stage's full log, packed on exit).
+# Prepare .deps/ first on the CPU machine (scripts/prepare_deps.sh) and carry it.
 #
 #   LOG_DIR=/tmp/cuda-check bash scripts/cuda_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-log=${LOG_DIR:-${OUT:-/tmp/cuda-check}}
-mkdir -p "$log"
+out=${LOG_DIR:-${OUT:-/tmp/cuda-check}}
+log=$(mktemp -d /tmp/cuda-check-logs.XXXXXX)  # the full logs, packed into $out on exit
+mkdir -p "$out"
+trap 'cp "$log/summary.txt" "$log/bench.jsonl" "$out/" 2>/dev/null; tar -czf "$out/logs.tar.gz" -C "$log" . 2>/dev/null' EXIT
 deadline=$((SECONDS + ${BUDGET_S:-520}))
 left() { echo $((deadline - SECONDS)); }
-stages=${STAGES:-build nccl bench graph extra tests}  # a subset reruns part of the pass
+# The graph stage, never yet run on a GPU, comes before the benchmarks measured once already.
+stages=${STAGES:-build nccl graph bench extra tests}  # a subset reruns part of the pass
 want() { [[ " $stages " == *" $1 "* ]]; }
 stage() { echo "== $(date +%T) [$SECONDS s] $*" | tee -a "$log/summary.txt"; }
 
@@ -23,6 +28,8 @@ stage "machine"
 
 stage "configure + build dit"
 deps=$PWD/.deps/root/usr
+[[ -f $deps/lib/x86_64-linux-gnu/libz.a && -f .deps/data/fashion-mnist/t10k-images-idx3-ubyte.gz ]] ||
+  { stage "no .deps (run scripts/prepare_deps.sh on the CPU machine and carry .deps); stopping"; exit 1; }
 export LD_LIBRARY_PATH=$deps/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 torch_prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DDITLAB_WITH_OPENCV=OFF \
@@ -70,13 +77,16 @@ if want graph; then
 stage "CUDA graphs: same training with and without, then S/2 and B/2 timed both ways"
 for g in false true; do
   rm -rf /tmp/graph-$g
+  if (( $(left) < 130 )); then echo "skip train cuda_graph=$g (time)" | tee -a "$log/summary.txt"; continue; fi
   timeout 120 "$dit" train --config configs/debug/dit.yaml train.device=cuda train.precision=bf16 \
     train.steps=60 train.log_every=20 train.cuda_graph=$g data.path=.deps/data/fashion-mnist \
     data.split=test sample.at_end=false run.dir=/tmp/graph-$g >"$log/graph_train_$g.txt" 2>&1
   echo "train cuda_graph=$g: exit $?" | tee -a "$log/summary.txt"
 done
 python3 - "$log" <<'PY' 2>&1 | tee -a "$log/summary.txt"
-import json, sys
+import json, os, sys
+if not all(os.path.exists(f"/tmp/graph-{g}/metrics.jsonl") for g in ("false", "true")):
+    sys.exit("graph comparison: a run left no metrics.jsonl")
 runs = {g: [json.loads(l) for l in open(f"/tmp/graph-{g}/metrics.jsonl")] for g in ("false", "true")}
 for a, b in zip(runs["false"], runs["true"]):
     print(f"step {a['step']}: loss eager {a['loss']:.5f} graph {b['loss']:.5f} "

@@ -6,33 +6,55 @@ checkpoint, then dit eval for the final weights): the FID over training.
 
 usage: scripts/plot_metrics.py RUN_DIR [RUN_DIR ...] [--out FILE.png] [--keys loss,mse,vb]
        scripts/plot_metrics.py RUN_DIR [RUN_DIR ...] --evals [--keys fid] [--out FILE.png]
+A null or non-finite value leaves out its point; a key with no finite value at all is an error
+naming the key and the file. A cut last line (a run killed while writing) is skipped with a
+warning.
 Runs with Debian's python3-matplotlib (/usr/bin/python3).
 """
 import argparse
 import json
+import math
 import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")  # no display needed
-import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+except ImportError as e:  # another python3 (pyenv, a venv) came first on PATH
+    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: the Python module '{e.name or e}' is missing from "
+                     f"{sys.executable}.\nRun the script with the system interpreter, which has it: "
+                     f"/usr/bin/python3 {sys.argv[0]} ...\n(Debian: apt install python3-matplotlib)\n")
+    sys.exit(2)
 
 
 def read_metrics(path):
-    records = []
+    """The records of a JSON-lines file. A malformed last line is what a run killed while writing
+    leaves (`{"step": 450, "lo`): skipped with a warning. A malformed line before it is an error."""
     with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
+        lines = [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            if k == len(lines) - 1:
+                print(f"warning: {path}:{number}: skipping the last line, which is not a JSON object "
+                      f"(cut off when the run was killed?): {e}", file=sys.stderr)
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                sys.exit(f"{path}:{number}: not a JSON object ({e})")
+            sys.exit(f"{path}:{number}: not a JSON object ({e})")
+        records.append(record)
     if not records:
         sys.exit(f"{path}: no records")
     return records
+
+
+def finite(value):
+    """Whether a metric's value can be plotted: a finite number (null, NaN and text cannot)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # What makes two evaluations comparable: the same feature network, sample count and sampler.
@@ -46,11 +68,13 @@ def eval_series(path, key):
     latest = records[-1]
     settings = {k: latest.get(k) for k in SETTINGS}
     by_step = {}
-    for r in records:
-        if all(r.get(k) == v for k, v in settings.items()) and r.get(key) is not None:
+    for r in records:  # a null (or NaN) value leaves its point out, not the series
+        if all(r.get(k) == v for k, v in settings.items()) and finite(r.get(key)) and "step" in r:
             by_step[r["step"]] = r[key]
-    if key not in latest:
-        sys.exit(f"{path}: no values for '{key}' (available: {', '.join(latest)})")
+    if not by_step:
+        available = [k for k, v in latest.items() if finite(v) and k not in SETTINGS and k != "step"]
+        sys.exit(f"{path}: no finite value of '{key}' in the evaluations with the newest one's settings "
+                 f"(keys with values: {', '.join(available) or 'none'})")
     return sorted(by_step.items()), settings
 
 
@@ -99,9 +123,9 @@ def main():
         records = read_metrics(path)
         name = os.path.basename(os.path.normpath(run_dir))
         for key in keys:
-            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            points = [(r["step"], r[key]) for r in records if finite(r.get(key)) and "step" in r]
             if not points:
-                sys.exit(f"{path}: no values for '{key}' (available: {', '.join(records[0])})")
+                sys.exit(f"{path}: no finite value of '{key}' (available: {', '.join(records[0])})")
             label = (f"{name} {key}" if len(keys) > 1 else name) if several else key
             ax.plot(*zip(*points), label=label)
     ax.set_xlabel("optimizer step")

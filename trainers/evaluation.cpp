@@ -67,45 +67,82 @@ void require_batch_per_rank(int64_t batches, const Communicator& communicator, c
 
 struct Reference {
   FeatureStatistics statistics;
-  at::Tensor features;  // the first images' features, for precision and recall
+  at::Tensor features;  // real points for precision and recall: an even spread of the reference images
 };
 
-// Real-data statistics, cached under the network's identity and the data's description.
+// The features of the images `indices` of `data`, batch b on rank b % world, on every rank.
+at::Tensor measure_images(const Dataset& data, const std::vector<int64_t>& indices, FeatureNetwork& network,
+                          int64_t batch, Communicator& communicator, const c10::Device& device,
+                          const std::string& what) {
+  const int64_t n = static_cast<int64_t>(indices.size()), batches = (n + batch - 1) / batch;
+  require_batch_per_rank(batches, communicator, what);
+  at::Tensor features;
+  ProgressBar bar(batches, "reference", 0, communicator.is_main());
+  for (int64_t b = communicator.rank(); b < batches; b += communicator.world_size()) {
+    const int64_t first = b * batch, rows = std::min(batch, n - first);
+    const std::vector<int64_t> part(indices.begin() + first, indices.begin() + first + rows);
+    const at::Tensor f = network.measure(data.get_batch(part).images).features;
+    if (!features.defined()) features = at::zeros({n, f.size(1)});
+    features.narrow(0, first, rows).copy_(f);
+    bar.update(b + 1);
+  }
+  bar.finish();
+  return gather_rows(communicator, features, device);
+}
+
+// Real-data statistics, cached under the network's identity and the data's description; the
+// real points for precision and recall are cached beside them, one set per eval.num_samples.
 Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& network, Communicator& communicator,
                                const c10::Device& device) {
   const DataConfig data_config = reference_data(config.data);
   auto data = make_dataset(data_config);
-  // An even stride over the dataset: image folders are sorted by class, so the first N images
-  // would cover only the first classes.
+  // Even spreads over the dataset (position i of n taken from the N images is floor(i * N / n)):
+  // image folders are sorted by class, so the first images would cover only the first classes.
+  // The statistics take `count` images; the real points are `kept` of those `count`, spread
+  // evenly again, so that they too cover every class and depend on nothing but
+  // (count, eval.num_samples), not on which evaluations ran before.
   const int64_t count = config.eval.reference_images > 0 ? std::min(config.eval.reference_images, data->size())
                                                          : data->size();
+  const int64_t kept = std::min(count, config.eval.num_samples);
   auto image_index = [&](int64_t i) { return i * data->size() / count; };
+  auto real_point_position = [&](int64_t j) { return j * count / kept; };
   const std::string description = data_config.name + "|" + data_config.path + "|" + data_config.split + "|" +
                                   std::to_string(data_config.image_size) + "|" + std::to_string(data_config.limit) +
-                                  "|" + std::to_string(count) + "|stride";
+                                  "|" + std::to_string(count) + "|even";
   char key[16];
   std::snprintf(key, sizeof(key), "%08x", crc32_of(description));
   const std::string path = config.eval.reference_dir + "/" + network.identity() + "-" + data_config.name + "-" +
                            key + ".safetensors";
-  // Real points for precision / recall: every stride-th reference image.
-  const int64_t kept = std::min(count, config.eval.num_samples), stride = count / kept;
+  const std::string features_name = "features." + std::to_string(kept);
+  const std::map<std::string, std::string> metadata = {
+      {"images", std::to_string(count)}, {"data", description}, {"network", network.identity()}};
   // Rank 0 decides whether the cache is there, so that every rank takes the same path.
   at::Tensor cached = at::full({1}, communicator.is_main() && std::filesystem::exists(path) ? 1.0f : 0.0f,
                                at::TensorOptions().device(device));
   communicator.all_reduce_sum(cached);
   if (cached.item<float>() > 0) {
-    const SafetensorsFile file = read_safetensors(path);
-    for (const char* name : {"mean", "covariance", "features"}) {
+    SafetensorsFile file = read_safetensors(path);
+    for (const char* name : {"mean", "covariance"}) {
       if (file.tensors.count(name) == 0) throw IoError(path + ": no tensor '" + name + "'; delete it to recompute");
     }
     Reference r;
     r.statistics = {file.tensors.at("mean"), file.tensors.at("covariance"), count};
-    r.features = file.tensors.at("features");
-    if (r.features.size(0) >= kept) {  // an even stride over the stored subset
-      r.features = r.features.index_select(0, (at::arange(kept, at::kLong) * r.features.size(0)).div(kept, "floor"));
-      spdlog::info("reference statistics of {} images from {}", count, path);
+    spdlog::info("reference statistics of {} images from {}", count, path);
+    auto stored = file.tensors.find(features_name);
+    if (stored != file.tensors.end()) {
+      r.features = stored->second;
       return r;
     }
+    // Another eval.num_samples: measure only its real points, and keep them in the cache too.
+    std::vector<int64_t> indices;
+    for (int64_t j = 0; j < kept; ++j) indices.push_back(image_index(real_point_position(j)));
+    r.features = measure_images(*data, indices, network, config.eval.batch_size, communicator, device,
+                                "the reference images");
+    run_on_main_rank(communicator, device, "writing " + path, [&] {
+      file.tensors[features_name] = r.features;
+      write_safetensors(path, file.tensors, metadata);
+    });
+    return r;
   }
   spdlog::info("reference statistics of {} {} images ({}) -> {}", count, data_config.name, data_config.path, path);
   const int64_t batch = config.eval.batch_size, batches = (count + batch - 1) / batch;
@@ -120,7 +157,9 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
     moments.add(f);
     if (!features.defined()) features = at::zeros({kept, f.size(1)});
     for (int64_t i = b * batch; i < b * batch + f.size(0); ++i) {
-      if (i % stride == 0 && i / stride < kept) features[i / stride].copy_(f[i - b * batch]);
+      // Position i is real point j when j = ceil(i * kept / count) maps back onto it.
+      const int64_t j = (i * kept + count - 1) / count;
+      if (j < kept && real_point_position(j) == i) features[j].copy_(f[i - b * batch]);
     }
     bar.update(b + 1);
   }
@@ -135,8 +174,8 @@ Reference reference_statistics(const ExperimentConfig& config, FeatureNetwork& n
   run_on_main_rank(communicator, device, "writing " + path, [&] {
     std::filesystem::create_directories(config.eval.reference_dir);
     write_safetensors(path, {{"mean", r.statistics.mean}, {"covariance", r.statistics.covariance},
-                             {"features", r.features}},
-                      {{"images", std::to_string(count)}, {"data", description}, {"network", network.identity()}});
+                             {features_name, r.features}},
+                      metadata);
   });
   return r;
 }
@@ -196,7 +235,7 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
     throw IoError(weights + ": the metadata's step '" + step->second + "' is not a number");
   }
   result.gmacs_per_image = static_cast<double>(model->forward_macs()) / 1e9;
-  result.training_flops = 6.0 * static_cast<double>(model->forward_macs()) * static_cast<double>(result.step) *
+  result.training_flops = 6.0 * static_cast<double>(model->training_forward_macs()) * static_cast<double>(result.step) *
                           static_cast<double>(config.train.global_batch_size);
 
   const Reference reference = reference_statistics(config, *network, communicator, device);
@@ -217,8 +256,8 @@ EvalResult evaluate_run(const ExperimentConfig& input, const EvalOptions& option
   for (int64_t b = communicator.rank(); b < batches; b += communicator.world_size()) {
     const int64_t first = b * batch, rows = std::min(batch, n - first);
     at::Tensor images =
-        generate_samples(*model, config.diffusion, config.sample, labels.narrow(0, first, rows), device, first);
-    if (autoencoder) images = autoencoder->decode(images.to(device));
+        generate_samples(*model, config.diffusion, config.sample, labels.narrow(0, first, rows), device, first,
+                         autoencoder.get());
     const ImageFeatures measured = network->measure(images.clamp(-1, 1));
     if (!features.defined()) features = at::zeros({n, measured.features.size(1)});
     features.narrow(0, first, rows).copy_(measured.features);

@@ -16,7 +16,13 @@ LogWindow::LogWindow()
 void LogWindow::add(const at::Tensor& loss_sum, const at::Tensor& mse_sum, const at::Tensor& vb_sum,
                     const at::Tensor& grad_norm, int64_t images,
                     const std::map<std::string, at::Tensor>& extras) {
-  auto accumulate = [](at::Tensor& total, const at::Tensor& value) {
+  auto accumulate = [&](at::Tensor& total, const at::Tensor& value) {
+    if (steps_ == 0 && total.device() != value.device()) {
+      // A fresh window's sums are zeros on the CPU: start them on the value's device instead, as
+      // moving them there would make the host wait for the device (a blocking copy).
+      total = value.to(at::kDouble, /*non_blocking=*/false, /*copy=*/true);
+      return;
+    }
     total = total.to(value.device()) + value.to(at::kDouble);
   };
   accumulate(loss_sum_, loss_sum);

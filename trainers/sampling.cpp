@@ -4,9 +4,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/autograd.h>
 
+#include <functional>
 #include <vector>
 
 #include "models/registry.h"
+#include "models/vae/autoencoder_stage.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
 #include "src/common/sample_rng.h"
@@ -64,20 +66,14 @@ void check_sample_output(const std::string& path) {
 #endif
 }
 
-at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_config,
-                            const SampleConfig& sample, const at::Tensor& labels,
-                            const c10::Device& device, int64_t first_index) {
-  torch::NoGradGuard no_grad;
-  model.eval();
-  const BackboneShape shape = model.shape();
-  const bool learn_sigma = shape.out_channels == 2 * shape.in_channels;
-  GaussianDiffusion base(make_betas(diffusion_config.schedule, diffusion_config.steps,
-                                    diffusion_config.beta_start, diffusion_config.beta_end),
-                         learn_sigma);
-  auto diffusion = base.respaced(space_timesteps(base.num_timesteps(), std::to_string(sample.steps)));
+namespace {
 
+// One batch of generate_samples: samples first_index .. first_index + N - 1, on the device.
+at::Tensor sample_batch(Backbone& model, const GaussianDiffusion& diffusion, const SampleConfig& sample,
+                        const at::Tensor& labels, const c10::Device& device, int64_t first_index,
+                        const std::function<void()>& on_step) {
+  const BackboneShape shape = model.shape();
   const int64_t n = labels.size(0);
-  if (n == 0) return at::zeros({0, shape.in_channels, shape.input_size, shape.input_size});
   // One CPU stream per sample (drawn on the CPU, so a seed gives the same samples on every
   // device); the guided batch's second half repeats the first's noise, as its rows are copies.
   std::vector<at::Generator> streams;
@@ -120,12 +116,11 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
     return guided ? model.forward_with_cfg(x, t, y, sample.cfg_scale, sample.cfg_channels)
                   : model.forward(x, t, y).out;
   };
-  ProgressBar bar(diffusion.num_timesteps(), "sample");
   SamplerOptions options;
   options.clip_denoised = sample.clip_denoised;
   options.eta = sample.eta;
   options.noise = [&](const at::Tensor& like) { return draw_noise(like.size(0)).to(like.device()); };
-  options.on_step = [&](int64_t done, int64_t) { bar.update(done); };
+  options.on_step = [&](int64_t, int64_t) { on_step(); };
   model.begin_sampling({sample.cache_interval, sample.cache_depth});
   at::Tensor x;
   try {
@@ -136,8 +131,41 @@ at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_co
     throw;
   }
   model.end_sampling();
+  return x.narrow(0, 0, n);
+}
+
+}  // namespace
+
+at::Tensor generate_samples(Backbone& model, const DiffusionConfig& diffusion_config,
+                            const SampleConfig& sample, const at::Tensor& labels,
+                            const c10::Device& device, int64_t first_index,
+                            const AutoencoderStage* decoder) {
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const BackboneShape shape = model.shape();
+  const bool learn_sigma = shape.out_channels == 2 * shape.in_channels;
+  GaussianDiffusion base(make_betas(diffusion_config.schedule, diffusion_config.steps,
+                                    diffusion_config.beta_start, diffusion_config.beta_end),
+                         learn_sigma);
+  const auto diffusion = base.respaced(space_timesteps(base.num_timesteps(), std::to_string(sample.steps)));
+  const int64_t n = labels.size(0);
+  if (n == 0) return at::zeros({0, shape.in_channels, shape.input_size, shape.input_size});
+  // sample.batch_size samples at a time (twice as many rows with guidance), each decoded as
+  // soon as it is drawn: a grid of 1000 classes x 8 would not fit a GPU in one batch. Every
+  // sample's noise is its own stream, so the batches change nothing in the images.
+  const int64_t batch = sample.batch_size, batches = (n + batch - 1) / batch;
+  ProgressBar bar(batches * diffusion.num_timesteps(), "sample");
+  int64_t steps_done = 0;
+  std::vector<at::Tensor> parts;
+  for (int64_t first = 0; first < n; first += batch) {
+    const int64_t rows = std::min(batch, n - first);
+    at::Tensor x = sample_batch(model, diffusion, sample, labels.narrow(0, first, rows), device,
+                                first_index + first, [&] { bar.update(++steps_done); });
+    if (decoder) x = decoder->decode(x.to(device));
+    parts.push_back(x.to(at::kCPU, at::kFloat));
+  }
   bar.finish();
-  return x.narrow(0, 0, n).to(at::kCPU, at::kFloat);
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 0);
 }
 
 at::Tensor grid_labels(int64_t num_classes, int64_t num_per_class) {

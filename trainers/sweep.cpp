@@ -13,6 +13,7 @@
 
 #include "models/registry.h"
 #include "src/common/error.h"
+#include "src/common/log.h"
 #include "src/common/text.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
@@ -52,14 +53,25 @@ YAML::Node parse_json(const std::string& text, const std::string& path) {
   }
 }
 
-// The last line of a JSON-lines file, parsed; a null node when there is none.
+// The last complete line of a JSON-lines file, parsed; a null node when there is none. A run
+// killed while writing leaves a cut last line, which is passed over (with a warning) for the one
+// before: collecting a sweep while its jobs run, or after a time limit, must not fail.
 YAML::Node last_json_line(const std::string& path) {
   std::ifstream in(path);
-  std::string line, last;
+  std::string line, last, before_last;
   while (std::getline(in, line)) {
-    if (!line.empty()) last = line;
+    if (line.empty()) continue;
+    before_last = std::move(last);
+    last = line;
   }
-  return last.empty() ? YAML::Node() : parse_json(last, path);
+  if (last.empty()) return YAML::Node();
+  try {
+    return parse_json(last, path);
+  } catch (const IoError&) {
+    if (before_last.empty()) throw;
+    spdlog::warn("{}: the last line is cut short (a run killed while writing); using the line before", path);
+    return parse_json(before_last, path);
+  }
 }
 
 template <typename T>
@@ -216,6 +228,35 @@ int64_t evaluated_step(const std::string& run_dir) {
   return eval["step"] ? json_field<int64_t>(eval, "step", path) : -1;
 }
 
+namespace {
+std::string spec_eval_text(const SweepSpec& spec) {
+  std::string text;
+  for (const auto& a : spec.eval_args) text += (text.empty() ? "" : " ") + a;
+  return text.empty() ? "(defaults)" : text;
+}
+}  // namespace
+
+bool evaluation_is_current(const SweepSpec& spec, const SweepRun& run, int64_t step) {
+  if (step < 0 || evaluated_step(run.run_dir) != step) return false;
+  if (!spec.eval) return true;  // the sweep asks for none: whatever evaluated these weights
+  // The sweep's own evaluation: eval.json's command line (as joined_command_line writes it)
+  // ends with the arguments eval_command gives, so an evaluation with other settings (fewer
+  // samples, another sampler) is redone rather than tabulated beside the others.
+  std::string expected = "eval --run-dir " + run.run_dir;
+  for (const auto& a : spec.eval_args) expected += " " + a;
+  std::string escaped;
+  for (char c : expected) escaped += (c == '"' || c == '\\') ? std::string("\\") + c : std::string(1, c);
+  const std::string path = run.run_dir + "/eval.json";
+  const YAML::Node eval = parse_json(read_file(path), path);
+  std::string command;
+  try {
+    command = eval["command"] ? eval["command"].as<std::string>() : "";
+  } catch (const YAML::Exception&) {
+    throw IoError(path + ": 'command' is not a string");
+  }
+  return command.size() >= escaped.size() && command.compare(command.size() - escaped.size(), escaped.size(), escaped) == 0;
+}
+
 int64_t finished_step(const std::string& run_dir) {
   const std::string config_path = run_dir + "/config.yaml";
   if (!fs::exists(config_path) || !fs::exists(run_dir + "/ema.safetensors")) return -1;
@@ -232,7 +273,8 @@ SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& run
   table.columns = {"run"};
   for (const auto& [key, values] : spec.grid) table.columns.push_back(key);
   const std::vector<std::string> measured = {"status", "step", "loss", "params_m", "gmacs", "training_flops",
-                                             "fid", "precision", "recall", "inception_score", "accuracy"};
+                                             "fid", "precision", "recall", "inception_score", "accuracy",
+                                             "eval_samples"};
   table.columns.insert(table.columns.end(), measured.begin(), measured.end());
   for (const auto& run : runs) {
     std::map<std::string, std::string> cell;
@@ -252,17 +294,21 @@ SweepTable collect_sweep(const SweepSpec& spec, const std::vector<SweepRun>& run
       const int64_t step = last && last["step"] ? json_field<int64_t>(last, "step", metrics_path) : 0;
       cell["step"] = std::to_string(step);
       if (last && last["loss"]) cell["loss"] = number(json_field<double>(last, "loss", metrics_path));
-      cell["training_flops"] = number(6.0 * static_cast<double>(cost.forward_macs) * static_cast<double>(step) *
+      cell["training_flops"] = number(6.0 * static_cast<double>(cost.training_forward_macs) * static_cast<double>(step) *
                                       static_cast<double>(config.train.global_batch_size));
       cell["status"] = fs::exists(run.run_dir + "/ema.safetensors") && step == config.train.steps ? "done" : "incomplete";
-      // An evaluation of other weights (the run was extended since) is not this row's.
-      const int64_t eval_step = evaluated_step(run.run_dir);
-      if (eval_step >= 0 && eval_step == step) {
+      // An evaluation of other weights (the run was extended since), or with other settings
+      // than the sweep's eval:, is not this row's.
+      if (evaluation_is_current(spec, run, step)) {
         const std::string eval_path = run.run_dir + "/eval.json";
         const YAML::Node eval = parse_json(read_file(eval_path), eval_path);
         for (const char* key : {"fid", "precision", "recall", "inception_score", "accuracy"}) {
           if (eval[key] && !eval[key].IsNull()) cell[key] = number(json_field<double>(eval, key, eval_path));
         }
+        if (eval["num_samples"]) cell["eval_samples"] = std::to_string(json_field<int64_t>(eval, "num_samples", eval_path));
+      } else if (evaluated_step(run.run_dir) == step) {
+        spdlog::warn("{}: eval.json was made with other settings than the sweep's eval: {}; left out "
+                     "(run dit sweep again to evaluate it as the sweep asks)", run.run_dir, spec_eval_text(spec));
       }
     }
     std::vector<std::string> row;

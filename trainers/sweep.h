@@ -58,6 +58,9 @@ std::string eval_command(const SweepSpec& spec, const SweepRun& run, const std::
 // -1; and the step of the weights its eval.json measured, or -1 without one.
 int64_t finished_step(const std::string& run_dir);
 int64_t evaluated_step(const std::string& run_dir);
+// Whether eval.json measured the weights of `step` as the sweep asks: with the sweep's eval:
+// arguments (its command line ends with them), or any evaluation when the sweep asks for none.
+bool evaluation_is_current(const SweepSpec& spec, const SweepRun& run, int64_t step);
 
 // One row per run: the grid values, the status (done, incomplete or missing), step, the mean
 // loss of the last logged window, parameters, GMACs per image, training FLOPs (6 x MACs x images

@@ -11,6 +11,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "data/epoch_sampler.h"
 #include "data/prefetch_loader.h"
 #include "models/registry.h"
 #include "src/common/compat.h"
@@ -146,16 +147,21 @@ class Trainer {
     // A step's flags (skipped? stop?) are read while the device runs the next step, so that the
     // host never waits for the device inside a step; where the loop needs them at once (a log
     // line, a checkpoint, a grid, a stop, the end) the step is settled right away.
-    std::optional<std::pair<int64_t, StepResult>> unsettled;
+    // (A step number and a result rather than an optional pair, which GCC 12 wrongly warns
+    // may be destroyed uninitialised.)
+    int64_t unsettled_step = -1;  // -1: none
+    StepResult unsettled;
     auto settle = [&] {
-      if (!unsettled) return;
-      update(unsettled->first, unsettled->second);
-      unsettled.reset();
+      if (unsettled_step < 0) return;
+      update(unsettled_step, unsettled);
+      unsettled_step = -1;
+      unsettled = StepResult();
     };
     for (int64_t step = start_step_; step < tc_.steps; ++step) {
       StepResult result = step_.run(step, loader_.batch_for_step(step));
       settle();
-      unsettled.emplace(step, std::move(result));
+      unsettled_step = step;
+      unsettled = std::move(result);
 
       const int64_t done = summary.steps = step + 1;
       const bool log_boundary = done % tc_.log_every == 0, last = done == tc_.steps;
@@ -245,7 +251,7 @@ class Trainer {
     if (!communicator_.is_main()) return;  // the sums agree on every rank; rank 0 reports them
     // Achieved model FLOP/s: 6 x forward MACs per image (forward + backward, 2 FLOPs per MAC)
     // at the window's images/s, over all ranks; MFU against the peak of all devices.
-    const double tflops = 6.0 * static_cast<double>(step_.model().forward_macs()) * record[8].second / 1e12;
+    const double tflops = 6.0 * static_cast<double>(step_.model().training_forward_macs()) * record[8].second / 1e12;
     record.emplace_back("tflops", tflops);
     if (peak_tflops_ > 0) {
       record.emplace_back("mfu", tflops / (peak_tflops_ * communicator_.world_size()));
@@ -293,14 +299,17 @@ class Trainer {
                                                   config_.checkpoint.keep_every));
   }
 
-  // The final weights (also in the last checkpoint) for `dit sample`, and the sample grid.
+  // The final weights (also in the last checkpoint) for `dit sample`, and the sample grid,
+  // written by rank 0; every rank fails if they could not be, so no launcher reports a run
+  // without its final weights as a success.
   void finish() {
-    if (!communicator_.is_main()) return;
-    const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
-    save_weights(step_.model(), config_.run.dir + "/model.safetensors", metadata);
-    save_weights(step_.ema()->shadow(), config_.run.dir + "/ema.safetensors", metadata);
-    spdlog::info("saved model.safetensors and ema.safetensors");
-    if (config_.sample.at_end) write_sample_grid(config_.run.dir + "/samples");
+    run_on_main_rank(communicator_, device_, "writing the final weights and samples to " + config_.run.dir, [&] {
+      const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
+      save_weights(step_.model(), config_.run.dir + "/model.safetensors", metadata);
+      save_weights(step_.ema()->shadow(), config_.run.dir + "/ema.safetensors", metadata);
+      spdlog::info("saved model.safetensors and ema.safetensors");
+      if (config_.sample.at_end) write_sample_grid(config_.run.dir + "/samples");
+    });
   }
 
   // A grid (one row per class) from the EMA weights at `stem`.png (or .safetensors without
@@ -314,8 +323,8 @@ class Trainer {
     const std::string path = stem + ".safetensors";
 #endif
     auto labels = grid_labels(config_.model.num_classes, config_.sample.num_per_class);
-    auto samples = generate_samples(step_.ema()->shadow(), config_.diffusion, config_.sample, labels, device_);
-    if (autoencoder_) samples = autoencoder_->decode(samples.to(device_)).cpu();
+    auto samples = generate_samples(step_.ema()->shadow(), config_.diffusion, config_.sample, labels, device_,
+                                    /*first_index=*/0, autoencoder_.get());
     write_samples(path, samples, labels, config_.sample.num_per_class);
     spdlog::info("wrote {} (EMA weights, {} sampler, {} steps, guidance {})", path,
                  config_.sample.sampler, config_.sample.steps, config_.sample.cfg_scale);
@@ -359,6 +368,8 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                       std::to_string(config.train.grad_accum_steps));
   }
   auto dataset = make_dataset(config.data);
+  // The sampler's own check, before anything touches the disk or the model is built.
+  EpochSampler(dataset->size(), config.train.global_batch_size, static_cast<uint64_t>(config.train.seed));
   config.model = resolve_model_config(model_config_for_data(config, *dataset));
   if (config.sample.at_end || config.sample.every > 0) {
     check_sample_config(config.model, config.diffusion, config.sample, config.autoencoder);

@@ -50,8 +50,8 @@ std::unique_ptr<Ema> make_ema(const Backbone& model, const ModelConfig& config) 
 }  // namespace
 
 double learning_rate_at(const TrainConfig& config, int64_t step) {
-  if (config.lr_warmup_steps <= 0 || step + 1 >= config.lr_warmup_steps) return config.lr;
-  return config.lr * static_cast<double>(step + 1) / static_cast<double>(config.lr_warmup_steps);
+  if (config.lr_warmup_steps <= 0 || step >= config.lr_warmup_steps) return config.lr;
+  return config.lr * static_cast<double>(step) / static_cast<double>(config.lr_warmup_steps);
 }
 
 TrainingStep::TrainingStep(const ExperimentConfig& config, std::shared_ptr<Backbone> model,

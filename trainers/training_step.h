@@ -52,7 +52,7 @@ struct StepResult {
 };
 
 // The learning rate of step `step` (0-based): train.lr after a linear warm-up of
-// train.lr_warmup_steps steps (lr * (step + 1) / N until then), as DiM's LambdaLR.
+// train.lr_warmup_steps steps (lr * step / N until then, 0 at step 0), as DiM's LambdaLR.
 double learning_rate_at(const TrainConfig& config, int64_t step);
 
 class TrainingStep {

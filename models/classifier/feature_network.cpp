@@ -34,7 +34,10 @@ class ClassifierFeatures : public FeatureNetwork {
                        "x" + std::to_string(o.image_size) + " images, got " + std::to_string(images.size(1)) + "x" +
                        std::to_string(images.size(2)) + "x" + std::to_string(images.size(3)));
     }
-    const at::Tensor features = model_->features(images.to(device_, at::kFloat));
+    // Real images are 8-bit; samples are quantised to the same 256 levels (as DiT's
+    // sample_ddp.py saves them as uint8 before its evaluator), so both are measured alike.
+    const at::Tensor x = images.to(device_, at::kFloat).add(1).mul_(127.5).round_().clamp_(0, 255).div_(127.5).sub_(1);
+    const at::Tensor features = model_->features(x);
     ImageFeatures out;
     out.features = features.cpu();
     out.probabilities = at::softmax(model_->classify(features), 1).cpu();

@@ -11,7 +11,6 @@
 #include "src/common/error.h"
 #include "models/layers/activation_checkpoint.h"
 #include "models/mup/activation_probe.h"
-#include "src/common/text.h"
 
 namespace ditlab {
 namespace {
@@ -203,7 +202,7 @@ BackboneShape DiM::shape() const {
 
 at::Tensor DiM::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
-  check_input("DiM", x);
+  check_input("DiM", x, t, y);
   const int64_t n = x.size(0), D = o.hidden_size, g = grid(), pad = o.d_conv;
   auto time_token = timestep_frequency_embedding(t, D).to(pos_embed.scalar_type());
   auto class_token = label_emb->forward(y);
@@ -235,8 +234,8 @@ at::Tensor DiM::run_block(int64_t i, const at::Tensor& r, const at::Tensor& c3) 
 
 BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
+  auto tokens = probe("embed", embed(x, t, y));  // checks x, t and y first
   const int64_t n = x.size(0), D = o.hidden_size, g = grid(), pad = o.d_conv;
-  auto tokens = probe("embed", embed(x, t, y));
   // adaLN-single: one modulation for every block (each adds its own table).
   auto c = t_embedder->forward(t) + adaln_label_emb->forward(y);
   auto c3 = adaln_single->forward(at::silu(c)).view({n, 3, D});
@@ -257,13 +256,16 @@ BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::
     r = r + run_block(i, r, c3);
     if (i >= 1 && i <= skips_) skips.push_back(r);
   }
-  auto h = rms_norm(r, norm_f_weight);
-  // Back to the image: drop the extra tokens and pads, unpad the grid, smooth.
-  auto grid_tokens = h.narrow(1, kExtraTokens + pad, (g + pad) * (g + pad));
+  // Back to the image in the official order (AdapterAttnForMamba.finalize_sequence, then
+  // Mamba2DModel's norm_out): drop the extra tokens and pads, unpad the grid, smooth, and only
+  // then the final RMSNorm (a FusedAddRMSNorm whose residual finalize_sequence already added).
+  auto grid_tokens = r.narrow(1, kExtraTokens + pad, (g + pad) * (g + pad));  // [N, (g+pad)^2, D]
+  // [N, (g+pad)^2, D] -> [N, D, g+pad, g+pad] -> [N, D, g, g]
   auto image = grid_tokens.transpose(1, 2).reshape({n, D, g + pad, g + pad});
   image = image.narrow(2, 0, g).narrow(3, 0, g).to(last_smoother->weight.scalar_type());
   image = last_smoother->forward(image);
-  auto image_tokens = image.flatten(2).transpose(1, 2);  // [N, g*g, D]
+  // [N, D, g, g] -> [N, g*g, D], normalised in fp32
+  auto image_tokens = rms_norm(image.flatten(2).transpose(1, 2), norm_f_weight);
   // The final modulation comes from the time token and the class embedding.
   auto cond = timestep_frequency_embedding(t, D).to(image_tokens.scalar_type()) + label_emb->forward(y);
   auto m = final_modulation->forward(at::silu(cond)).chunk(2, 1);  // shift, scale
@@ -274,10 +276,6 @@ BackboneOutput DiM::forward(const at::Tensor& x, const at::Tensor& t, const at::
 }
 
 int64_t DiM::forward_macs() const { return dim_forward_macs(options_); }
-
-bool DiM::decays(const std::string& name) const {
-  return !ends_with(name, ".A_log") && !ends_with(name, ".mixer.D");
-}
 
 namespace {
 // What one Mamba mixer costs per token (MACs) and in parameters.
@@ -290,7 +288,8 @@ MixerCost mixer_cost(const DiMOptions& o) {
                        + E * K            // depthwise conv1d
                        + E * (R + 2 * N)  // x_proj
                        + R * E            // dt_proj
-                       + 3 * E * N        // scan: exp(delta A) h, delta B u, <C, h>
+                       + 4 * E * N        // scan: delta A, exp(delta A) h, delta B u, <C, h>
+                                          // (fvcore's count of mamba_ssm's selective_scan_ref)
                        + E * D;           // out_proj
   const int64_t params = D * 2 * E + (E * K + E) + E * (R + 2 * N) + (R * E + E) + E * N + E + E * D;
   return {macs, params};

@@ -84,7 +84,6 @@ class DiM : public Backbone {
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   BackboneShape shape() const override;
   int64_t forward_macs() const override;
-  bool decays(const std::string& name) const override;  // not A_log and D (as mamba_ssm)
   void declare_width_roles(WidthRoles& roles) const override;
   const DiMOptions& options() const { return options_; }
 

@@ -160,6 +160,24 @@ void check_dit_options(const DiTOptions& o) {
     throw ConfigError("model.input_size " + std::to_string(o.input_size) +
                       " is not divisible by model.patch_size " + std::to_string(o.patch_size));
   }
+  if (o.hidden_size % o.num_heads != 0) {
+    throw ConfigError("model.hidden_size " + std::to_string(o.hidden_size) +
+                      " is not divisible by model.num_heads " + std::to_string(o.num_heads) +
+                      " (every head gets hidden_size / num_heads channels)");
+  }
+  // The 2-D sin-cos position embedding gives a quarter of the channels to each of sin and cos
+  // of the row and of the column.
+  if (o.hidden_size % 4 != 0) {
+    throw ConfigError("model.hidden_size " + std::to_string(o.hidden_size) +
+                      " is not a multiple of 4, which the 2-D sin-cos position embedding needs "
+                      "(sin and cos of the row and of the column); use e.g. " +
+                      std::to_string(o.hidden_size / 4 * 4 + 4));
+  }
+}
+
+int64_t dit_tokens(const DiTOptions& o) {
+  const int64_t grid = o.input_size / o.patch_size;
+  return grid * grid + (o.conditioning == Conditioning::kInContext ? 2 : 0);
 }
 
 DiT::DiT(const DiTOptions& o) : options_(o) {
@@ -230,7 +248,7 @@ void DiT::declare_width_roles(WidthRoles& roles) const {
 
 DiT::Embedded DiT::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
   const auto& o = options_;
-  check_input("DiT", x);
+  check_input("DiT", x, t, y);
   auto tokens = x_embedder->forward(x) + pos_embed;  // [N, T, D]
   auto t_emb = t_embedder->forward(t);               // [N, D]
   auto y_emb = y_embedder->forward(y);               // [N, D]
@@ -312,7 +330,7 @@ int64_t dit_forward_macs(const DiTOptions& o) {
   const int64_t D = o.hidden_size, p = o.patch_size, grid = o.input_size / p;
   const int64_t image_tokens = grid * grid, out = o.learn_sigma ? 2 * o.in_channels : o.in_channels;
   const int64_t hidden = static_cast<int64_t>(D * o.mlp_ratio);
-  const int64_t T = o.conditioning == Conditioning::kInContext ? image_tokens + 2 : image_tokens;
+  const int64_t T = dit_tokens(o);  // in-context: the image tokens + 2
   // Per block: qkv, q k^T, attention x v, projection, MLP (MoE: router, k experts, shared).
   const int64_t mlp = o.moe.num_experts > 0
                           ? T * (D * o.moe.num_experts + o.moe.experts_per_token * 3 * D * hidden +

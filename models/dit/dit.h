@@ -80,10 +80,14 @@ class FinalLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FinalLayer);
 
-// The options the DiT constructor refuses (ConfigError naming the model.* key): sizes below 1,
-// an input not divisible by the patch, checkpointed blocks with experts. dit flops checks the
-// same before pricing a model.
+// The options the DiT constructor refuses (ConfigError naming the model.* key and its value):
+// sizes below 1, an input not divisible by the patch, a width not divisible by the heads or not
+// a multiple of 4 (the sin-cos position embedding), checkpointed blocks with experts. dit flops
+// checks the same before pricing a model.
 void check_dit_options(const DiTOptions& options);
+// The length of the token sequence the blocks see: (input_size / patch_size)^2, plus the time and
+// class tokens under in-context conditioning.
+int64_t dit_tokens(const DiTOptions& options);
 // Backbone::forward_macs() of the DiT these options describe, without building it.
 int64_t dit_forward_macs(const DiTOptions& options);
 // Its parameter count (pos_embed included), without building it; `active_only` counts only the

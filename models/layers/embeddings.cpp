@@ -67,7 +67,10 @@ at::Tensor PatchEmbedImpl::forward(const at::Tensor& x) {
 }
 
 at::Tensor sincos_pos_embed_2d(int64_t dim, int64_t grid_size) {
-  if (dim % 4 != 0) throw ShapeError("sin-cos position embedding needs hidden_size % 4 == 0");
+  if (dim % 4 != 0) {
+    throw ShapeError("the 2-D sin-cos position embedding needs a width divisible by 4, got " +
+                     std::to_string(dim));
+  }
   auto f64 = at::TensorOptions().dtype(at::kDouble);
   const int64_t quarter = dim / 4;
   auto omega = 1.0 / at::pow(10000.0, at::arange(quarter, f64) / static_cast<double>(quarter));

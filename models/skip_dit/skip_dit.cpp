@@ -12,12 +12,28 @@ SkipLinearImpl::SkipLinearImpl(int64_t hidden_size) {
   linear = register_module("linear", Linear(2 * hidden_size, hidden_size));
 }
 
-namespace {
-const DiTOptions& checked(const DiTOptions& o) {
+void check_skip_dit_options(const DiTOptions& o) {
   if (o.depth % 2 != 0) {
     throw ConfigError("model.depth " + std::to_string(o.depth) + ": a skip-dit model needs an even "
                       "depth (block depth-1-i takes the skip of block i)");
   }
+  check_dit_options(o);
+}
+
+int64_t skip_dit_forward_macs(const DiTOptions& o) {
+  // One Linear(2D -> D) per skip over every token the blocks see (in-context: the 2 extra too).
+  return dit_forward_macs(o) + (o.depth / 2) * dit_tokens(o) * 2 * o.hidden_size * o.hidden_size;
+}
+
+int64_t skip_dit_parameter_count(const DiTOptions& o, bool active_only) {
+  const int64_t D = o.hidden_size;
+  const int64_t per_skip = 2 * 2 * D + (2 * D * D + D);  // LayerNorm(2D) affine, Linear(2D -> D)
+  return dit_parameter_count(o, active_only) + (o.depth / 2) * per_skip;
+}
+
+namespace {
+const DiTOptions& checked(const DiTOptions& o) {
+  check_skip_dit_options(o);
   return o;
 }
 }  // namespace
@@ -63,12 +79,7 @@ at::Tensor SkipDiT::run(at::Tensor x, const at::Tensor& cond, CacheUse use) {
   return x;
 }
 
-int64_t SkipDiT::forward_macs() const {
-  const auto& o = options();
-  const int64_t grid = o.input_size / o.patch_size;
-  const int64_t tokens = grid * grid + (o.conditioning == Conditioning::kInContext ? 2 : 0);
-  return DiT::forward_macs() + (o.depth / 2) * tokens * 2 * o.hidden_size * o.hidden_size;
-}
+int64_t SkipDiT::forward_macs() const { return skip_dit_forward_macs(options()); }
 
 void SkipDiT::declare_width_roles(WidthRoles& roles) const {
   DiT::declare_width_roles(roles);

@@ -24,6 +24,14 @@ class SkipLinearImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SkipLinear);
 
+// The options the Skip-DiT constructor refuses: an odd depth, and DiT's (check_dit_options).
+void check_skip_dit_options(const DiTOptions& options);
+// Backbone::forward_macs() of the Skip-DiT these options describe, without building it: DiT's
+// count plus one Linear(2D -> D) per skip over every token the blocks see (dit_tokens).
+int64_t skip_dit_forward_macs(const DiTOptions& options);
+// Its parameter count: DiT's plus depth/2 x (LayerNorm(2D), Linear(2D -> D)).
+int64_t skip_dit_parameter_count(const DiTOptions& options, bool active_only = false);
+
 class SkipDiT : public DiT {
  public:
   // depth must be even. The skip modules keep LibTorch's default initialisation (they are built

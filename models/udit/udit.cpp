@@ -215,7 +215,7 @@ void UDiT::initialize_weights() {
 }
 
 BackboneOutput UDiT::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) {
-  check_input("U-DiT", x);
+  check_input("U-DiT", x, t, y);
   auto c1 = t_embedder_1->forward(t) + y_embedder_1->forward(y);
   auto c2 = t_embedder_2->forward(t) + y_embedder_2->forward(y);
   auto c3 = t_embedder_3->forward(t) + y_embedder_3->forward(y);
@@ -247,14 +247,17 @@ BackboneShape UDiT::shape() const {
 }
 
 int64_t UDiT::forward_macs() const { return udit_forward_macs(options_); }
+int64_t UDiT::training_forward_macs() const { return udit_forward_macs(options_, /*training_form=*/true); }
 
-int64_t udit_forward_macs(const UDiTOptions& o) {
+int64_t udit_forward_macs(const UDiTOptions& o, bool training_form) {
   const int64_t C = o.hidden_size, R = o.input_size;
-  // One attention + FFN sub-layer at width d on an r x r map (FFN folded, hidden h).
+  // One attention + FFN sub-layer at width d on an r x r map (FFN hidden width h).
   auto sub_layer = [&](int64_t d, int64_t r) {
     const int64_t n = r * r, h = static_cast<int64_t>(d * o.mlp_ratio);
     const int64_t attention = n * d * 25 + n * d * 3 * d + 2 * 4 * (n / 4) * (n / 4) * d + n * d * d;
-    const int64_t ffn = n * d * h + n * h * 25 + n * h * d;
+    // Folded: d -> h, depthwise 5x5, h -> d. Trained: d -> h/2 -> h, depthwise 5x5 + 3x3 + 1x1,
+    // h -> h/2 -> d.
+    const int64_t ffn = training_form ? n * (d * h + h * h + 35 * h) : n * (2 * d * h + 25 * h);
     return attention + ffn + 6 * d * d;
   };
   auto level = [&](int64_t blocks, int64_t d, int64_t r) { return blocks * 2 * sub_layer(d, r); };

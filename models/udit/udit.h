@@ -91,6 +91,7 @@ class UDiT : public Backbone {
   BackboneOutput forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& y) override;
   BackboneShape shape() const override;
   int64_t forward_macs() const override;
+  int64_t training_forward_macs() const override;
   void declare_width_roles(WidthRoles& roles) const override;
   const UDiTOptions& options() const { return options_; }
 
@@ -114,8 +115,10 @@ class UDiT : public Backbone {
   UDiTOptions options_;
 };
 
-// Backbone::forward_macs() of the U-DiT these options describe, without building it.
-int64_t udit_forward_macs(const UDiTOptions& options);
+// Backbone::forward_macs() of the U-DiT these options describe, without building it; with
+// `training_form`, training_forward_macs() (the FFNs as trained: two 1x1 convs in, three
+// depthwise branches, two 1x1 convs out).
+int64_t udit_forward_macs(const UDiTOptions& options, bool training_form = false);
 // Its parameter count without building it, with the FFNs folded (the paper's count) or not.
 int64_t udit_parameter_count(const UDiTOptions& options, bool inference_form);
 

@@ -4,7 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <set>
 #include <sstream>
+#include <vector>
 
 #include "src/common/error.h"
 #include "src/common/text.h"
@@ -32,6 +35,50 @@ AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::str
     throw ConfigError(source + ": not a JSON object (" + e.msg + ")");
   }
   if (!root.IsMap()) throw ConfigError(source + ": expected a JSON object (diffusers config.json)");
+  // Every key diffusers' AutoencoderKL saves. Those this model does not implement are accepted
+  // only at the values that leave it unchanged (below); anything else is refused, so that no key
+  // of a newer or another autoencoder is silently ignored. Keys starting with '_' are diffusers'
+  // bookkeeping (_class_name, _diffusers_version, _name_or_path).
+  static const std::set<std::string> known = {
+      "in_channels", "out_channels", "down_block_types", "up_block_types", "block_out_channels",
+      "layers_per_block", "act_fn", "latent_channels", "norm_num_groups", "sample_size", "scaling_factor",
+      "shift_factor", "latents_mean", "latents_std", "force_upcast", "use_quant_conv",
+      "use_post_quant_conv", "mid_block_add_attention"};
+  for (const auto& entry : root) {
+    std::string key;
+    try {
+      key = entry.first.as<std::string>();
+    } catch (const YAML::Exception&) {
+      throw ConfigError(source + ": a key that is not a string");
+    }
+    if (key.empty() || key[0] == '_' || known.count(key)) continue;
+    std::string list;
+    for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+    throw ConfigError(source + ": unknown AutoencoderKL key \"" + key + "\" (known: " + list + ")");
+  }
+  // Null, or a value that changes nothing: what this model computes.
+  auto require_neutral = [&](const char* key, const std::function<bool(const YAML::Node&)>& neutral,
+                             const std::string& why) {
+    const YAML::Node node = root[key];
+    if (!node || node.IsNull()) return;
+    bool ok = false;
+    try {
+      ok = neutral(node);
+    } catch (const YAML::Exception&) {
+      ok = false;
+    }
+    if (!ok) throw ConfigError(source + ": \"" + key + "\" " + why);
+  };
+  require_neutral("shift_factor", [](const YAML::Node& n) { return n.as<double>() == 0.0; },
+                  "is not supported (latents = scaling_factor * z only; SD3 / FLUX autoencoders shift them)");
+  require_neutral("latents_mean", [](const YAML::Node&) { return false; },
+                  "is not supported (per-channel latent normalisation, as SDXL's refiner configs give it)");
+  require_neutral("latents_std", [](const YAML::Node&) { return false; },
+                  "is not supported (per-channel latent normalisation, as SDXL's refiner configs give it)");
+  require_neutral("use_quant_conv", [](const YAML::Node& n) { return n.as<bool>(); },
+                  "false is not supported (this AutoencoderKL has quant_conv)");
+  require_neutral("use_post_quant_conv", [](const YAML::Node& n) { return n.as<bool>(); },
+                  "false is not supported (this AutoencoderKL has post_quant_conv)");
   AutoencoderSpec spec;
   auto& o = spec.options;
   auto get_int = [&](const char* key, int64_t& field) {
@@ -109,7 +156,10 @@ AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::str
   check_blocks("up_block_types", "UpDecoderBlock2D");
   if (root["act_fn"]) {
     const std::string act_fn = as_string(root["act_fn"], "act_fn");
-    if (act_fn != "silu") throw ConfigError(source + ": \"act_fn\" " + act_fn + " (only silu)");
+    // diffusers' get_activation takes "swish" as another name of silu.
+    if (act_fn != "silu" && act_fn != "swish") {
+      throw ConfigError(source + ": \"act_fn\" " + act_fn + " (only silu, alias swish)");
+    }
   }
   if (root["mid_block_add_attention"]) {
     bool add_attention = true;
@@ -195,12 +245,32 @@ AutoencoderKL load_autoencoder(const std::string& weights_path, const std::strin
   const AutoencoderSpec spec = read_autoencoder_spec(weights_path, config_path);
   AutoencoderKL model(spec.options);
   std::map<std::string, at::Tensor> tensors = map_safetensors(weights_path).tensors;
+  std::vector<std::string> renamed;  // the file's old attention names
   try {
-    tensors = current_vae_keys(std::move(tensors));
+    const auto current = current_vae_keys(tensors);
+    for (const auto& item : tensors) {
+      if (current.count(item.first) == 0) renamed.push_back(item.first);
+    }
+    tensors = current;
   } catch (const IoError& e) {  // a name clash, which current_vae_keys cannot name the file of
     throw IoError(weights_path + ": " + e.what());
   }
-  load_state_dict(*model, tensors, weights_path);
+  // The keys a mismatch names are diffusers' current ones; say which the file holds under its
+  // old names.
+  auto with_renames = [&](const std::string& what) {
+    return what + " (the file's " + std::to_string(renamed.size()) + " old attention names, such as '" +
+           renamed.front() + "', were read as the current ones: query -> to_q, key -> to_k, value -> "
+           "to_v, proj_attn -> to_out.0)";
+  };
+  try {
+    load_state_dict(*model, tensors, weights_path);
+  } catch (const ShapeError& e) {
+    if (renamed.empty()) throw;
+    throw ShapeError(with_renames(e.what()));
+  } catch (const IoError& e) {
+    if (renamed.empty()) throw;
+    throw IoError(with_renames(e.what()));
+  }
   model->eval();
   for (auto& p : model->parameters()) p.set_requires_grad(false);
   if (spec_out) *spec_out = spec;

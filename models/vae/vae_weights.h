@@ -19,8 +19,11 @@ struct AutoencoderSpec {
 };
 
 // Parses diffusers' config.json text for AutoencoderKL; `source` names it in errors. Absent
-// keys take diffusers' defaults; blocks other than DownEncoderBlock2D / UpDecoderBlock2D and an
-// activation other than silu are errors.
+// keys take Stable Diffusion's values (AutoencoderKLOptions), not diffusers' class defaults; a
+// real config.json lists them all. Errors: unknown keys; blocks other than DownEncoderBlock2D /
+// UpDecoderBlock2D; an activation other than silu (or its alias swish); keys this model does
+// not implement (shift_factor, latents_mean / latents_std, use_quant_conv false, ...) at values
+// that would change the result.
 AutoencoderSpec parse_autoencoder_config(const std::string& json, const std::string& source);
 std::string autoencoder_config_json(const AutoencoderSpec& spec);
 

@@ -2,10 +2,12 @@
 """The PyTorch side of the race: times DiT training steps as a researcher would run them in
 Python (the official DiT train.py recipe), printing one JSON line with the fields of `dit bench`.
 
-One step = forward on q_sample(x0, t, noise), the DiT loss (MSE on the noise + the VLB term
-for the learned variance, as improved-DDPM / DiT), backward, AdamW (lr 1e-4, no weight decay),
-and the EMA update of every parameter (decay 0.9999). Attention uses
-F.scaled_dot_product_attention where PyTorch has it, as timm's Attention does.
+One step = forward on q_sample(x0, t, noise) with 10% of the labels replaced by the null class
+(the official LabelEmbedder.token_drop, class_dropout_prob 0.1), the DiT loss (MSE on the noise +
+the VLB term for the learned variance with clip_denoised=False, as the official
+GaussianDiffusion.training_losses), backward, AdamW (lr 1e-4, no weight decay), and the EMA update
+of every parameter (decay 0.9999). Attention uses F.scaled_dot_product_attention where PyTorch has
+it, as timm's Attention does.
 
   /usr/bin/python3 scripts/reference/bench_reference.py --model DiT-S/2 --batch 8 --threads 2
   python3 scripts/reference/bench_reference.py --model DiT-XL/2 --batch 256 --device cuda \
@@ -29,6 +31,22 @@ def fused_attention(self, x):
 
 if hasattr(F, "scaled_dot_product_attention"):
     ref.Attention.forward = fused_attention
+
+CLASS_DROPOUT_PROB = 0.1  # the official DiT's class_dropout_prob (train.py keeps the default)
+
+
+def label_embedder_with_dropout(self, y):
+    """The official LabelEmbedder in training: token_drop replaces each label by the null class
+    (index num_classes, the table's last row) with probability 0.1, drawn on the labels' device.
+    The parity reference's embedder has no dropout: it is only ever evaluated."""
+    if self.training:
+        null_class = self.embedding_table.num_embeddings - 1  # [num_classes + 1, D]
+        drop = torch.rand(y.shape[0], device=y.device) < CLASS_DROPOUT_PROB
+        y = torch.where(drop, null_class, y)
+    return self.embedding_table(y)
+
+
+ref.LabelEmbedder.forward = label_embedder_with_dropout
 
 
 class Diffusion:
@@ -59,10 +77,11 @@ class Diffusion:
         C = x0.shape[1]
         eps, var_values = out[:, :C], out[:, C:]
         mse = ((noise - eps) ** 2).mean(dim=(1, 2, 3))
-        # VLB on the variance only (stop-gradient on the mean), as improved DDPM.
+        # VLB on the variance only (stop-gradient on the mean), as improved DDPM. pred_x0 is not
+        # clamped: training_losses calls _vb_terms_bpd(..., clip_denoised=False).
         frac = (var_values + 1) / 2
         logvar = frac * at(self.log_betas, t) + (1 - frac) * at(self.post_logvar, t)
-        pred_x0 = (at(self.sqrt_recip_ac, t) * x_t - at(self.sqrt_recipm1_ac, t) * eps.detach()).clamp(-1, 1)
+        pred_x0 = at(self.sqrt_recip_ac, t) * x_t - at(self.sqrt_recipm1_ac, t) * eps.detach()
         mean = at(self.coef1, t) * pred_x0 + at(self.coef2, t) * x_t
         true_mean = at(self.coef1, t) * x0 + at(self.coef2, t) * x_t
         true_logvar = at(self.post_logvar, t)

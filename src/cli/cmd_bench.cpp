@@ -158,6 +158,7 @@ int run_bench(int argc, char** argv) {
   config.train.global_batch_size = batch;
   config.train.grad_accum_steps = 1;
   config.sample.seed = config.train.seed;
+  config.sample.batch_size = batch;  // --sample times the whole --batch at once
   const std::string device_name = device_display_name(device);
   const double peak = args.has("peak-tflops") ? args.get_double("peak-tflops", 0.0)
                                               : default_peak_tflops(device, bf16);
@@ -190,7 +191,7 @@ int run_bench(int argc, char** argv) {
   if (!sample_mode) {
     TrainingStep step(config, model, device, communicator, /*with_ema=*/true);
     step.model().train();
-    flops_per_iteration = 6.0 * macs * static_cast<double>(batch);
+    flops_per_iteration = 6.0 * static_cast<double>(model->training_forward_macs()) * static_cast<double>(batch);
     auto iteration = [&](int64_t i) {
       StepResult result = step.run(i, data);
       compat::synchronize(device);

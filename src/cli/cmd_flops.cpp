@@ -36,8 +36,8 @@ int run_flops(int argc, char** argv) {
               cost.active_parameters / 1e6);
   std::printf("tokens             %lld\n", static_cast<long long>(cost.tokens));
   std::printf("GMACs / image      %.2f   (forward; the papers' \"Gflops\")\n", cost.forward_macs / 1e9);
-  std::printf("train GFLOPs/image %.2f   (6 x MACs: forward + backward, 2 FLOPs per MAC)\n",
-              6.0 * cost.forward_macs / 1e9);
+  std::printf("train GFLOPs/image %.2f   (6 x MACs of the forward pass as trained: forward + backward, 2 FLOPs per MAC)\n",
+              6.0 * cost.training_forward_macs / 1e9);
   return 0;
 }
 

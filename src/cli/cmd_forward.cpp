@@ -71,6 +71,9 @@ int run_forward(int argc, char** argv) {
   auto x = inputs.tensors["x"].to(at::kFloat);
   auto t = inputs.tensors["t"].to(at::kLong);
   auto y = inputs.tensors["y"].to(at::kLong);
+  // Inputs from a file: shapes, batch sizes and the label range, each named in the error,
+  // instead of an index error deep inside an embedding (forward itself reads no values).
+  model->validate_inputs(x, t, y);
   torch::NoGradGuard no_grad;
   at::Tensor out = args.has("cfg-scale")
                        ? model->forward_with_cfg(x, t, y, args.get_double("cfg-scale", 1.0),

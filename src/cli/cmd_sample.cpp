@@ -42,6 +42,10 @@ int run_sample(int argc, char** argv) {
     weights = *w;
     if (auto c = args.get("config")) {
       config = load_experiment_config(*c);
+    } else if (is_torch_save_file(weights)) {
+      throw UsageError("dit sample: '" + weights + "' is a torch.save file, which carries no ditlab config; "
+                       "pass --config describing the model (for an official DiT checkpoint, a config "
+                       "with its model name and sample.cfg_channels=3)");
     } else {
       auto file = read_safetensors(weights);
       auto it = file.metadata.find("config");
@@ -77,11 +81,9 @@ int run_sample(int argc, char** argv) {
   auto labels = grid_labels(config.model.num_classes, s.num_per_class);
   spdlog::info("sampling {} images ({} per class) with {} steps of {}, guidance {}",
                labels.size(0), s.num_per_class, s.steps, s.sampler, s.cfg_scale);
-  auto samples = generate_samples(*model, config.diffusion, s, labels, device);
   // Latent models: the images are the autoencoder's decoding (autoencoder.* of the run's config).
-  if (auto autoencoder = AutoencoderStage::create(config.autoencoder, device)) {
-    samples = autoencoder->decode(samples.to(device)).cpu();
-  }
+  const auto autoencoder = AutoencoderStage::create(config.autoencoder, device);
+  auto samples = generate_samples(*model, config.diffusion, s, labels, device, /*first_index=*/0, autoencoder.get());
   write_samples(out, samples, labels, s.num_per_class);
   spdlog::info("wrote {}", out);
   return 0;

@@ -186,7 +186,7 @@ Outcome run_pipeline(const SweepSpec& spec, const SweepRun& run, const std::stri
     spdlog::error("run {} stopped before its last step; stopping the sweep (run it again to resume)", run.name);
     return Outcome::kInterrupted;
   }
-  if (spec.eval && evaluated_step(run.run_dir) != step) {
+  if (spec.eval && !evaluation_is_current(spec, run, step)) {
     const Outcome evaluated = run_step(eval_command(spec, run, shell_quoted(dit)), log, device, slot, run.name,
                                        "evaluation", failed);
     failures += failed;

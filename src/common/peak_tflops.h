@@ -16,4 +16,7 @@ std::string device_display_name(const c10::Device& device);
 // so it leaves the global random state alone.
 double default_peak_tflops(const c10::Device& device, bool bf16);
 
+// The table behind it: the peak of the GPU called `name` (as CUDA names it), 0 if unknown.
+double gpu_peak_tflops(const std::string& name, bool bf16);
+
 }  // namespace ditlab

@@ -4,7 +4,9 @@
 // split into micro-batches or ranks, and resuming at any step replays the same choices.
 #pragma once
 #include <ATen/core/Generator.h>
+#include <ATen/core/MT19937RNGEngine.h>
 
+#include <array>
 #include <cstdint>
 
 namespace ditlab {
@@ -21,7 +23,12 @@ constexpr uint64_t kSamplingStream = ~uint64_t{0} - 16;
 // unrelated seeds).
 uint64_t sample_seed(uint64_t seed, uint64_t step, uint64_t index);
 
-// A fresh CPU generator seeded with sample_seed(seed, step, index).
+// A fresh CPU generator whose Mersenne Twister state is set from all 64 bits of
+// sample_seed(seed, step, index).
 at::Generator sample_generator(uint64_t seed, uint64_t step, uint64_t index);
+
+// MT19937's state after the reference init_by_array with the key {low 32 bits, high 32 bits}
+// (as numpy's RandomState([low, high]) seeds it).
+std::array<uint32_t, at::MERSENNE_STATE_N> mt19937_state_of_key(uint64_t key);
 
 }  // namespace ditlab

@@ -108,6 +108,7 @@ struct SampleConfig {
   int64_t cache_interval = 1;  // Skip-Cache (skip-dit): full network every N-th step; 1 = off
   int64_t cache_depth = 4;     // Skip-Cache: blocks at each end that run on cached steps
   int64_t num_per_class = 8;
+  int64_t batch_size = 256;  // samples per sampling batch (guidance doubles the rows)
   int64_t seed = 0;
   bool at_end = true;  // draw a sample grid when training ends
   int64_t every = 0;   // also every N steps during training (run.dir/samples/); 0 = never

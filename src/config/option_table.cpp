@@ -250,9 +250,9 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(train.grad_accum_steps), 1, kNoMax, "Micro-batches per optimizer step"),
       float_option(FIELD(train.lr), 0, kInf, true, "AdamW learning rate"),
       int_option(FIELD(train.lr_warmup_steps), 0, kNoMax,
-                 "Linear learning-rate warm-up: step s (from 1) uses lr * min(1, s / N); 0 = none"),
+                 "Linear learning-rate warm-up: step s (from 0) uses lr * min(1, s / N), as DiM's LambdaLR; 0 = none"),
       float_option(FIELD(train.weight_decay), 0, kInf, false,
-                   "AdamW weight decay (not applied to what a backbone exempts, e.g. DiM's A_log, D)"),
+                   "AdamW weight decay, on every parameter a backbone does not exempt (the shipped ones exempt none)"),
       // 1 would divide by zero in the bias corrections.
       float_range(FIELD(train.adam_beta1), 0, 1, false, true, "AdamW beta1"),
       float_range(FIELD(train.adam_beta2), 0, 1, false, true, "AdamW beta2"),
@@ -268,7 +268,7 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
       float_option(FIELD(train.peak_tflops), 0, kInf, false,
                    "Peak TFLOP/s of one device for the logged MFU; 0 = the device's: known GPUs' "
-                   "dense peaks (H100/H200 bf16 989.4, A100 312), a CPU's measured matmul rate "
+                   "dense peaks (H100/H200 SXM bf16 989.4, H100 PCIe 756.5, NVL 835.5, A100 312), a CPU's measured matmul rate "
                    "(an unknown GPU logs TFLOP/s only)"),
       optional_path_option(FIELD(train.init_from),
                     "Weights to start from (.safetensors, or a torch .pt such as an official DiT "
@@ -306,6 +306,8 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(sample.cache_depth), 1, kNoMax,
                  "Skip-Cache: blocks at each end that run on the cached steps"),
       int_option(FIELD(sample.num_per_class), 1, kNoMax, "Samples per class in a grid"),
+      int_option(FIELD(sample.batch_size), 1, kNoMax,
+                 "Samples drawn (and decoded) at a time, twice the rows with guidance; the samples do not depend on it"),
       int_option(FIELD(sample.seed), 0, kNoMax, "Sampling seed"),
       bool_option(FIELD(sample.at_end), "Write a sample grid when training ends"),
       int_option(FIELD(sample.every), 0, kNoMax,

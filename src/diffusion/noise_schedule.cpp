@@ -15,7 +15,8 @@ std::vector<double> make_betas(const std::string& schedule, int64_t num_timestep
   std::vector<double> betas(num_timesteps);
   if (schedule == "linear") {
     double scale = 1000.0 / static_cast<double>(num_timesteps);
-    double lo = scale * beta_start, hi = scale * beta_end;
+    // One step uses beta_start only (np.linspace(lo, hi, 1) = [lo]).
+    double lo = scale * beta_start, hi = num_timesteps == 1 ? lo : scale * beta_end;
     // A beta of 1 destroys the signal entirely (alpha_bar = 0: x0 from x_t divides by zero).
     if (hi >= 1.0 || lo >= 1.0) {
       const std::string key = hi >= lo ? "beta_end" : "beta_start";
@@ -83,6 +84,10 @@ std::vector<int64_t> space_timesteps(int64_t num_timesteps, const std::string& s
   std::string item;
   while (std::getline(in, item, ',')) counts.push_back(parse_count(item));
   if (counts.empty()) throw bad("empty");
+  // A single step: the reference's respace.py keeps step 0, where the sampler would take pure
+  // noise for an almost clean image and return it unchanged. The one step starts from T-1
+  // instead, so it is the model's one-step prediction from noise (a deliberate departure).
+  if (counts.size() == 1 && counts[0] == 1 && num_timesteps > 1) return {num_timesteps - 1};
   // Split [0, T) into len(counts) sections; the first (T mod sections) get one extra step.
   int64_t sections = static_cast<int64_t>(counts.size());
   int64_t size_per = num_timesteps / sections, extra = num_timesteps % sections;

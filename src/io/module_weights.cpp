@@ -102,16 +102,22 @@ void save_weights(const torch::nn::Module& module, const std::string& path,
 
 std::map<std::string, std::string> load_weights(torch::nn::Module& module,
                                                 const std::string& path) {
+  if (is_torch_save_file(path)) {  // an official checkpoint, say: tensors, no metadata
+    load_state_dict(module, read_torch_state_dict(path, ""), path);
+    return {};
+  }
   auto file = read_safetensors(path);
   load_state_dict(module, file.tensors, path);
   return file.metadata;
 }
 
+bool is_torch_save_file(const std::string& path) {
+  return ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".bin");
+}
+
 std::map<std::string, at::Tensor> read_weights_file(const std::string& path) {
   if (ends_with(path, ".safetensors")) return read_safetensors(path).tensors;
-  if (ends_with(path, ".pt") || ends_with(path, ".pth") || ends_with(path, ".bin")) {
-    return read_torch_state_dict(path, "");
-  }
+  if (is_torch_save_file(path)) return read_torch_state_dict(path, "");
   throw IoError("weights file '" + path + "': expected a .safetensors, .pt, .pth or .bin file");
 }
 

@@ -38,7 +38,11 @@ void save_weights(const torch::nn::Module& module, const std::string& path,
 // entry is taken). Throws IoError naming the file otherwise.
 std::map<std::string, at::Tensor> read_weights_file(const std::string& path);
 
-// Reads `path` and loads it strictly; returns the file's metadata.
+// Whether `path` names a torch.save file (.pt, .pth, .bin) rather than safetensors.
+bool is_torch_save_file(const std::string& path);
+
+// Reads `path` (safetensors, or a torch.save file as read_weights_file takes it) and loads it
+// strictly; returns the file's metadata (none for a torch.save file).
 std::map<std::string, std::string> load_weights(torch::nn::Module& module,
                                                 const std::string& path);
 

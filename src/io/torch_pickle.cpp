@@ -244,6 +244,12 @@ class Unpickler {
         case 'J': push_int(static_cast<int32_t>(le(4))); break; // BININT
         case 0x8a: {                                            // LONG1
           size_t n = byte();
+          // Python writes the fewest bytes that hold the value, so more than 8 is an integer
+          // beyond int64 (no tensor size, stride or offset is one); reading it would truncate.
+          if (n > 8) {
+            zip_.fail("an integer of " + std::to_string(n) + " bytes at byte " + std::to_string(pos_ - 2) +
+                      " of data.pkl is wider than 64 bits");
+          }
           uint64_t v = le(n);
           if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);  // sign
           push_int(static_cast<int64_t>(v));

@@ -64,6 +64,17 @@ TEST_CASE("official-style torch.save checkpoints convert to the same weights", "
   auto expected = read_safetensors(dir / "expected.safetensors").tensors.at("out");
   auto ours = read_safetensors(dir / "out.safetensors").tensors.at("out");
   CHECK((ours - expected).abs().max().item<double>() < 1e-4);
+  // The official checkpoint itself, without converting it first.
+  REQUIRE(run_command(ditlab::testing::dit_binary() + " forward --model DiT-S/8 --input-size 16 --num-classes 10 --weights " +
+                          (dir / "official.pt") + " --inputs " + (dir / "in.safetensors") +
+                          " --output " + (dir / "out_pt.safetensors"),
+                      dir / "forward_pt.log") == 0);
+  CHECK(at::equal(read_safetensors(dir / "out_pt.safetensors").tensors.at("out"), ours));
+  // dit sample cannot guess its architecture: it asks for --config.
+  CHECK(run_command(ditlab::testing::dit_binary() + " sample --weights " + (dir / "official.pt") + " --out " +
+                        (dir / "s.safetensors"),
+                    dir / "sample_pt.log") != 0);
+  CHECK_THAT(read_file(dir / "sample_pt.log"), Catch::Contains("torch.save file") && Catch::Contains("--config"));
 }
 
 TEST_CASE("broken torch.save files are errors naming the file", "[convert]") {

@@ -1,5 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <torch/nn/module.h>
+
+#include <string>
+#include <vector>
+
 #include "models/registry.h"
 #include "src/common/error.h"
 
@@ -14,4 +19,63 @@ TEST_CASE("which backbones' training step a CUDA graph can record", "[registry]"
   CHECK_FALSE(recordable_as_cuda_graph("dit-moe"));
   CHECK_FALSE(recordable_as_cuda_graph("DiT-MoE-S/2-8E2A"));
   CHECK_THROWS_AS(recordable_as_cuda_graph("no-such-model"), ConfigError);
+}
+
+namespace {
+int64_t count_parameters(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+}  // namespace
+
+TEST_CASE("model_cost prices every backbone and conditioning as the built model counts itself",
+          "[registry]") {
+  // The debug sizes of the family tests: 8x8x3 inputs (a 4x4 grid at patch 2), 5 classes.
+  struct Case {
+    std::string family, conditioning;
+  };
+  std::vector<Case> cases;
+  for (const char* family : {"dit", "skip-dit", "dit-moe"}) {
+    for (const char* conditioning : {"adaln_zero", "adaln", "cross_attention", "in_context"}) {
+      cases.push_back({family, conditioning});
+    }
+  }
+  cases.push_back({"u-dit", "adaln_zero"});
+  cases.push_back({"dim", "adaln_zero"});
+  for (const auto& [family, conditioning] : cases) {
+    INFO(family << " " << conditioning);
+    ModelConfig c;
+    c.name = family;
+    c.conditioning = conditioning;
+    c.input_size = 8;
+    c.in_channels = 3;
+    c.num_classes = 5;
+    if (family == "u-dit") {
+      c.hidden_size = 16;
+      c.num_heads = 2;
+      c.level_depths = {1, 1, 2, 1, 1};
+    } else if (family == "dim") {
+      c.hidden_size = 16;
+      c.depth = 3;
+      c.patch_size = 2;
+    } else {
+      c.hidden_size = 32;
+      c.num_heads = 2;
+      c.depth = 2;
+      c.patch_size = 2;
+      if (family == "dit-moe") c.moe.num_experts = 4;
+    }
+    const ModelCost cost = model_cost(c);
+    auto model = build_backbone(c);
+    CHECK(cost.forward_macs == model->forward_macs());
+    // U-DiT's cost counts its FFNs folded (the paper's inference form), the module holds both.
+    if (family != "u-dit") {
+      CHECK(cost.parameters == count_parameters(*model));
+    }
+    // The sequence the blocks see: in-context conditioning adds the time and class tokens.
+    if (family != "u-dit" && family != "dim") {
+      CHECK(cost.tokens == 4 * 4 + (conditioning == "in_context" ? 2 : 0));
+    }
+  }
 }

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "data/dataset.h"
+#include "models/classifier/feature_network.h"
 #include "src/common/error.h"
 #include "src/config/config_loader.h"
 #include "src/io/atomic_file.h"
@@ -54,6 +56,27 @@ TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a r
   CHECK(second.precision == first.precision);
   std::ifstream history(dir / "run/evals.jsonl");
   CHECK(std::count(std::istreambuf_iterator<char>(history), {}, '\n') == 2);
+  {
+    // Precision / recall's real points are n of the 256 reference images spread evenly
+    // (position floor(j * 256 / n)), cached per n; measured here again, image by image.
+    auto network = make_feature_network(config.eval, c10::Device(c10::kCPU));
+    auto data = make_dataset(config.data);
+    auto expected = [&](int64_t n) {
+      std::vector<int64_t> indices;
+      for (int64_t j = 0; j < n; ++j) indices.push_back(j * 256 / n);
+      CHECK(indices.back() > 250);  // the spread reaches the last images (classes)
+      return network->measure(data->get_batch(indices).images).features;
+    };
+    const std::string cached = std::filesystem::directory_iterator(dir / "reference")->path().string();
+    const auto sixty = read_safetensors(cached).tensors.at("features.60");
+    CHECK(at::allclose(sixty, expected(60), 1e-4, 1e-5));
+    ExperimentConfig ninety = config;
+    apply_overrides(ninety, {"eval.num_samples=90"});
+    evaluate_run(ninety, options);
+    const auto both = read_safetensors(cached).tensors;
+    CHECK(at::allclose(both.at("features.90"), expected(90), 1e-4, 1e-5));
+    CHECK(at::equal(both.at("features.60"), sixty));  // what ran before changes nothing
+  }
   // A kept checkpoint's weights: their own step and FID, a line of evals.jsonl, eval.json untouched.
   options.checkpoint_step = 5;
   const EvalResult at_five = evaluate_run(config, options);
@@ -61,7 +84,7 @@ TEST_CASE("a short classifier run learns Fashion-MNIST and dit eval measures a r
   CHECK(at_five.fid != first.fid);
   CHECK_THAT(read_file(dir / "run/eval.json"), Catch::Contains("\"step\": 10, \"checkpoint\": false"));
   const std::string lines = read_file(dir / "run/evals.jsonl");
-  CHECK(std::count(lines.begin(), lines.end(), '\n') == 3);
+  CHECK(std::count(lines.begin(), lines.end(), '\n') == 4);
   CHECK_THAT(lines, Catch::Contains("\"step\": 5, \"checkpoint\": true"));
   options.checkpoint_step = 7;
   CHECK_THROWS_WITH(evaluate_run(config, options), Catch::Contains("checkpoints/step-00000007/ema.safetensors") &&

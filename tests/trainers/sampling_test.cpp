@@ -85,6 +85,10 @@ TEST_CASE("a sample does not depend on the batch it is drawn in", "[sampling]") 
     // The numbering, not the position in the batch, picks the noise.
     const at::Tensor shifted = generate_samples(*model, dc, sc, labels.narrow(0, 0, 2), cpu, 4);
     CHECK_FALSE(at::equal(shifted, head));
+    // sample.batch_size draws them a few at a time (4 + 2 here): the same samples.
+    SampleConfig in_batches = sc;
+    in_batches.batch_size = 4;
+    CHECK(at::allclose(generate_samples(*model, dc, in_batches, labels, cpu), whole, 1e-4, 1e-5));
   }
 }
 

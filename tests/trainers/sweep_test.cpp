@@ -123,6 +123,38 @@ TEST_CASE("the results table reads each run's config, metrics and eval.json", "[
   const std::string md = read_file(dir / "runs/results.md");
   CHECK_THAT(md, Catch::StartsWith("| run | model.patch_size | status"));
   CHECK_THAT(read_file(dir / "runs/results.csv"), Catch::Contains("patch_size-8,8,missing"));
+  // A run killed while writing leaves a cut last line: the line before counts.
+  std::ofstream(runs[0].run_dir + "/metrics.jsonl") << "{\"step\": 2, \"loss\": 0.9}\n{\"step\": 4, \"lo";
+  const SweepTable cut = collect_sweep(spec, runs);
+  CHECK(cut.rows[0][column("step")] == "2");
+  CHECK(cut.rows[0][column("status")] == "incomplete");
+  CHECK(finished_step(runs[0].run_dir) == -1);
+}
+
+TEST_CASE("a sweep's evaluations count only when made with the sweep's eval arguments", "[sweep]") {
+  TempDir dir("sweep-eval");
+  const SweepSpec spec = read_sweep(write_sweep(dir, "eval: [--num-samples, \"500\"]\n"
+                                                     "grid:\n  model.patch_size: [4]\n"));
+  REQUIRE(spec.eval);
+  const auto runs = expand_sweep(spec);
+  const std::string run_dir = runs[0].run_dir;
+  std::filesystem::create_directories(run_dir);
+  auto write_eval = [&](const std::string& command) {
+    std::ofstream(run_dir + "/eval.json") << "{\"step\": 4, \"fid\": 12.5, \"num_samples\": 50, \"command\": \""
+                                          << command << "\"}\n";
+  };
+  // What the sweep itself runs (eval_command), as dit eval records its command line.
+  write_eval("/opt/dit eval --run-dir " + run_dir + " --num-samples 500");
+  CHECK(evaluation_is_current(spec, runs[0], 4));
+  CHECK_FALSE(evaluation_is_current(spec, runs[0], 6));  // other weights
+  // By hand, with fewer samples: redone by the sweep, left out of its table.
+  write_eval("/opt/dit eval --run-dir " + run_dir + " --num-samples 50");
+  CHECK_FALSE(evaluation_is_current(spec, runs[0], 4));
+  // A sweep without eval: takes whatever evaluated these weights.
+  SweepSpec no_eval = spec;
+  no_eval.eval = false;
+  no_eval.eval_args.clear();
+  CHECK(evaluation_is_current(no_eval, runs[0], 4));
 }
 
 TEST_CASE("sweep device indices pick from an inherited CUDA_VISIBLE_DEVICES", "[sweep]") {

@@ -72,6 +72,10 @@ TEST_CASE("a short run lowers the loss and leaves a complete run directory", "[t
   CHECK(weights.tensors.count("blocks.1.adaLN_modulation.1.weight") == 1);
   // A second run into the same directory is refused instead of overwriting it.
   CHECK_THROWS_WITH(train(debug_config(run)), Catch::Contains("already holds a run"));
+  // A global batch larger than the data is refused before a run directory exists.
+  CHECK_THROWS_WITH(train(debug_config(dir / "too-big", {"data.limit=16", "train.global_batch_size=32"})),
+                    Catch::Contains("train.global_batch_size 32") && Catch::Contains("dataset of 16"));
+  CHECK_FALSE(std::filesystem::exists(dir / "too-big"));
 }
 
 TEST_CASE("Skip-DiT trains on the shared trainer and starts from a DiT's weights", "[trainer]") {

@@ -138,6 +138,42 @@ TEST_CASE("DiM outputs the input's shape and learns sigma when asked", "[dim]") 
                              at::tensor({0, 3}, at::kLong)));
 }
 
+TEST_CASE("DiM smooths the unpadded grid before its final RMSNorm, as the official code", "[dim]") {
+  // finalize_sequence (residual add, unpad, last_smoother), then norm_out (RMSNorm), then the
+  // modulation and proj_out_2. A last smoother that only scales by c (a centred delta times c,
+  // bias 0) then changes nothing but the RMSNorm's eps; normalising first would scale the
+  // normalised tokens by c before the modulation and the final Linear.
+  torch::manual_seed(3);
+  DiM model(small_options());
+  torch::NoGradGuard no_grad;
+  // Large inputs keep every token's mean square far above the RMSNorm's eps (1e-5).
+  auto x = 10.0 * at::randn({2, 3, 8, 8});
+  auto t = at::tensor({5, 500}, at::kLong), y = at::tensor({0, 3}, at::kLong);
+  auto with_smoother = [&](double c, int64_t row, int64_t col) {
+    model.last_smoother->weight.zero_();  // [D, 1, 3, 3]
+    model.last_smoother->weight.select(2, row).select(2, col).fill_(c);
+    model.last_smoother->bias.zero_();
+    return model.forward(x, t, y).out;
+  };
+  auto once = with_smoother(1.0, 1, 1), thrice = with_smoother(3.0, 1, 1);
+  REQUIRE(once.abs().max().item<double>() > 1e-2);
+  CHECK(at::allclose(once, thrice, 1e-4, 1e-4));
+  // The smoother is on the path: moving its tap off centre shifts the tokens.
+  CHECK_FALSE(at::allclose(once, with_smoother(1.0, 0, 0), 1e-3, 1e-3));
+}
+
+TEST_CASE("DiM decays every parameter, as the official AdamW gets them all", "[dim]") {
+  // utils.py initialize_train_state: get_optimizer(list(nnet.parameters()), 'adamw', ...), one
+  // group, weight decay 0.03 on everything (A_log and D included).
+  DiM model(small_options());
+  CHECK(model.decays("blocks.0.mixer.A_log"));
+  CHECK(model.decays("blocks.0.mixer.D"));
+  for (const auto& item : model.named_parameters()) {
+    INFO(item.key());
+    CHECK(model.decays(item.key()));
+  }
+}
+
 TEST_CASE("checkpointed DiM blocks give the same loss and gradients", "[dim]") {
   DiMOptions o = small_options();
   torch::manual_seed(2);

@@ -262,6 +262,34 @@ TEST_CASE("the registry resolves presets, fills sizes and lists names on a miss"
   CHECK_THROWS_WITH(build_backbone(bad), Catch::Contains("num_heads"));
 }
 
+TEST_CASE("a width the heads or the sin-cos embedding cannot split is a ConfigError naming it",
+          "[dit]") {
+  // 190 = 5 x 38 suits 5 heads, but not the 2-D sin-cos position embedding (4 quarters).
+  auto c = tiny();
+  c.hidden_size = 190;
+  c.num_heads = 5;
+  // model_cost is what `dit flops` prints; it prices nothing the constructor would refuse.
+  CHECK_THROWS_AS(model_cost(c), ConfigError);
+  CHECK_THROWS_WITH(model_cost(c), Catch::Contains("model.hidden_size 190") &&
+                                       Catch::Contains("multiple of 4"));
+  CHECK_THROWS_AS(build_backbone(c), ConfigError);
+  CHECK_THROWS_WITH(build_backbone(c), Catch::Contains("model.hidden_size 190"));
+  DiTOptions o;
+  o.hidden_size = 190;
+  o.num_heads = 5;
+  CHECK_THROWS_AS(DiT(o), ConfigError);
+  // 32 channels do not split into 3 heads.
+  c.hidden_size = 32;
+  c.num_heads = 3;
+  for (const char* family : {"dit", "skip-dit"}) {
+    c.name = family;
+    CHECK_THROWS_AS(model_cost(c), ConfigError);
+    CHECK_THROWS_WITH(model_cost(c), Catch::Contains("model.hidden_size 32") &&
+                                         Catch::Contains("model.num_heads 3"));
+    CHECK_THROWS_AS(build_backbone(c), ConfigError);
+  }
+}
+
 TEST_CASE("a wrong input shape is a ShapeError, not a crash", "[dit]") {
   auto model = build_backbone(tiny());
   CHECK_THROWS_AS(model->forward(at::randn({1, 4, 8, 8}), at::tensor({1}), at::tensor({0})), ShapeError);

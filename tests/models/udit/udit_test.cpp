@@ -261,6 +261,21 @@ TEST_CASE("U-DiT MACs match the paper's GFLOPs (folded FFNs, one MAC = one FLOP)
     CHECK(udit_forward_macs(o) / 1e9 == Approx(paper).epsilon(0.005));
     CHECK(udit_forward_macs(o) / 1e9 < paper);
   }
+  // Training runs the FFNs unfolded (d -> h/2 -> h, three depthwise branches, h -> h/2 -> d):
+  // about 1.2x. Expected: a separate recount of every layer of the training-form model (a
+  // Python tally during review: 7.13, 26.51 and 102.03 G).
+  for (const auto& [name, trained] : {std::pair<const char*, double>{"U-DiT-S", 7.13},
+                                      {"U-DiT-B", 26.51}, {"U-DiT-L", 102.03}}) {
+    ModelConfig c;
+    c.name = name;
+    c.input_size = 32;
+    c.in_channels = 4;
+    c.num_classes = 1000;
+    CAPTURE(name);
+    const ModelCost cost = model_cost(c);
+    CHECK(cost.training_forward_macs / 1e9 == Approx(trained).epsilon(0.002));
+    CHECK(cost.forward_macs < cost.training_forward_macs);
+  }
   // The built model reports the same count.
   auto model = build(tiny_udit());
   UDiTOptions o;
@@ -271,4 +286,5 @@ TEST_CASE("U-DiT MACs match the paper's GFLOPs (folded FFNs, one MAC = one FLOP)
   o.level_depths = {1, 1, 2, 1, 1};
   o.num_classes = 5;
   CHECK(model->forward_macs() == udit_forward_macs(o));
+  CHECK(model->training_forward_macs() == udit_forward_macs(o, /*training_form=*/true));
 }

@@ -135,7 +135,8 @@ TEST_CASE("autoencoder weights load from diffusers' layout, old attention names 
   bad["quant_conv.weight"] = at::zeros({8, 8, 3, 3});
   write_safetensors(dir / "sd-vae/diffusion_pytorch_model.safetensors", bad);
   CHECK_THROWS_WITH(load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", ""),
-                    Catch::Contains("quant_conv.weight") && Catch::Contains("[8, 8, 3, 3]"));
+                    Catch::Contains("quant_conv.weight") && Catch::Contains("[8, 8, 3, 3]") &&
+                        Catch::Contains("old attention names, such as 'decoder.mid_block.attentions.0."));
   // No architecture anywhere; a config that is not AutoencoderKL's.
   std::filesystem::remove(dir / "sd-vae/config.json");
   CHECK_THROWS_WITH(load_autoencoder(dir / "sd-vae/diffusion_pytorch_model.safetensors", ""),
@@ -193,4 +194,41 @@ TEST_CASE("a diffusers config with a value of the wrong type or size names the f
   CHECK_NOTHROW(parse_autoencoder_config(autoencoder_config_json(AutoencoderSpec{}), "cfg.json"));
   CHECK(parse_autoencoder_config(R"({"act_fn": "silu", "mid_block_add_attention": true})", "cfg.json")
             .options.block_out_channels.size() == 4);
+}
+
+TEST_CASE("diffusers' AutoencoderKL configs parse, and keys this model would ignore are refused", "[vae]") {
+  // stabilityai/sd-vae-ft-mse's config.json (diffusers 0.4.2), then the same saved by a recent
+  // diffusers, which writes every argument, the unused ones as null or their neutral value.
+  const std::string blocks = R"("down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D",
+      "DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D",
+      "UpDecoderBlock2D"], "block_out_channels": [128, 256, 512, 512])";
+  const std::string sd = R"({"_class_name": "AutoencoderKL", "_diffusers_version": "0.4.2", "act_fn": "silu", )" +
+                         blocks + R"(, "in_channels": 3, "latent_channels": 4, "layers_per_block": 2,
+      "norm_num_groups": 32, "out_channels": 3, "sample_size": 256})";
+  const AutoencoderSpec spec = parse_autoencoder_config(sd, "config.json");
+  CHECK(spec.options.block_out_channels == std::vector<int64_t>{128, 256, 512, 512});
+  CHECK(spec.scaling_factor == 0.18215);
+  const std::string recent = R"({"_class_name": "AutoencoderKL", "act_fn": "silu", )" + blocks +
+                             R"(, "force_upcast": true, "latents_mean": null, "latents_std": null,
+      "shift_factor": null, "use_quant_conv": true, "use_post_quant_conv": true, "mid_block_add_attention": true,
+      "scaling_factor": 0.13025, "sample_size": 1024})";
+  CHECK(parse_autoencoder_config(recent, "config.json").scaling_factor == 0.13025);
+  CHECK_NOTHROW(parse_autoencoder_config(R"({"act_fn": "swish"})", "config.json"));  // diffusers' alias
+
+  auto error_of = [](const std::string& json) {
+    try {
+      parse_autoencoder_config(json, "config.json");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // SD3's shift would give wrong latents if ignored; so would per-channel statistics.
+  CHECK_THAT(error_of(R"({"shift_factor": 0.0609})"), Catch::Contains("config.json") && Catch::Contains("shift_factor"));
+  CHECK_THAT(error_of(R"({"latents_mean": [0.1, 0.2, 0.3, 0.4]})"), Catch::Contains("latents_mean"));
+  CHECK_THAT(error_of(R"({"use_quant_conv": false})"), Catch::Contains("use_quant_conv"));
+  CHECK_THAT(error_of(R"({"use_post_quant_conv": false})"), Catch::Contains("use_post_quant_conv"));
+  CHECK_THAT(error_of(R"({"num_attention_heads": 8})"),
+             Catch::Contains("unknown AutoencoderKL key \"num_attention_heads\"") && Catch::Contains("scaling_factor"));
+  CHECK(error_of(R"({"shift_factor": 0.0})") == "no error");
 }

@@ -143,6 +143,9 @@ TEST_CASE("respacing keeps 0 and T-1 and preserves abar at the kept steps", "[di
   CHECK(space_timesteps(1000, "ddim7").size() == 7);  // stride 143
   CHECK_THROWS(space_timesteps(1000, "ddim999"));       // no integer stride gives 999 steps
   CHECK_THROWS(space_timesteps(1000, "25x"));
+  // One step starts from pure noise (respace.py's step 0 would return the noise).
+  CHECK(space_timesteps(1000, "1") == std::vector<int64_t>{999});
+  CHECK(space_timesteps(1000, "1,1") == std::vector<int64_t>{0, 500});
   auto base = linear_diffusion();
   auto spaced = base.respaced(kept);
   REQUIRE(spaced.num_timesteps() == 250);
@@ -211,4 +214,22 @@ TEST_CASE("DDPM and DDIM sample a known Gaussian data distribution", "[diffusion
     CHECK(x.mean().item<double>() == Approx(mu).margin(0.02));
     CHECK(x.std().item<double>() == Approx(s).epsilon(0.05));
   }
+  // One DDIM step from T-1 is the optimal predictor's E[x0 | x_T], about mu: no longer noise.
+  auto one = base.respaced(space_timesteps(1000, "1"));
+  ModelFn optimal = [&](const at::Tensor& x, const at::Tensor& t_model) {
+    auto abar = base.gather(base.tables().alphas_cumprod, t_model);
+    return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar);
+  };
+  auto gen = at::detail::createCPUGenerator(7);
+  auto noise = at::randn({4000, 1, 2, 2}, gen, at::TensorOptions().dtype(at::kFloat));
+  SamplerOptions options;
+  options.clip_denoised = false;
+  CHECK(ddim_sample(one, optimal, noise, gen, options).mean().item<double>() == Approx(mu).margin(0.02));
+}
+
+TEST_CASE("a one-step linear schedule is beta_start rescaled, as np.linspace(lo, hi, 1)", "[diffusion]") {
+  // 1000 * 1e-4 = 0.1; beta_end's 20 is never used.
+  const auto betas = make_betas("linear", 1, 1e-4, 0.02);
+  REQUIRE(betas.size() == 1);
+  CHECK(betas[0] == Approx(0.1));
 }

@@ -280,4 +280,8 @@ TEST_CASE("malformed pickles are IoErrors, not crashes or std exceptions", "[tor
              Catch::Contains("malformed parameter record"));
   CHECK_THAT(io_error(dir, checkpoint(py_pickle("}(" + py_str("w") + "u"))),
              Catch::Contains("a key without a value"));
+  // 2^64 needs 9 bytes; truncated to 64 bits it would read as 0.
+  const std::string wide = op(0x8a) + op(9) + le(0, 8) + op(1);
+  CHECK_THAT(io_error(dir, checkpoint(py_pickle(py_dict({{"n", wide}})))),
+             Catch::Contains("wider than 64 bits"));
 }

@@ -9,6 +9,7 @@
 
 #include "models/registry.h"
 #include "models/vae/autoencoder_stage.h"
+#include "src/common/compat.h"
 #include "src/common/error.h"
 #include "src/common/progress.h"
 #include "src/common/sample_rng.h"
@@ -112,9 +113,13 @@ at::Tensor sample_batch(Backbone& model, const GaussianDiffusion& diffusion, con
   }
   z = z.to(device);
   y = y.to(device);
+  const bool bf16 = sample.precision == "bf16";
   ModelFn fn = [&](const at::Tensor& x, const at::Tensor& t) {
-    return guided ? model.forward_with_cfg(x, t, y, sample.cfg_scale, sample.cfg_channels)
-                  : model.forward(x, t, y).out;
+    // Only the backbone runs under autocast; the sampler's updates stay float32.
+    compat::AutocastGuard autocast(x.device().type(), at::kBFloat16, bf16);
+    at::Tensor out = guided ? model.forward_with_cfg(x, t, y, sample.cfg_scale, sample.cfg_channels)
+                            : model.forward(x, t, y).out;
+    return out.to(at::kFloat);
   };
   SamplerOptions options;
   options.clip_denoised = sample.clip_denoised;

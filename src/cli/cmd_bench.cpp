@@ -210,8 +210,9 @@ int run_bench(int argc, char** argv) {
     const bool guided = config.sample.cfg_scale != 1.0;
     const double evaluations = static_cast<double>(config.sample.steps) * (guided ? 2.0 : 1.0);
     flops_per_iteration = 2.0 * macs * evaluations * static_cast<double>(batch);
+    // The path dit sample and dit eval take, at sample.precision = --precision.
+    config.sample.precision = precision;
     auto iteration = [&] {
-      compat::AutocastGuard autocast(device.type(), at::kBFloat16, bf16);
       generate_samples(*model, config.diffusion, config.sample, data.labels, device);
       compat::synchronize(device);
     };

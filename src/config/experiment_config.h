@@ -109,6 +109,7 @@ struct SampleConfig {
   int64_t cache_depth = 4;     // Skip-Cache: blocks at each end that run on cached steps
   int64_t num_per_class = 8;
   int64_t batch_size = 256;  // samples per sampling batch (guidance doubles the rows)
+  std::string precision = "fp32";  // the backbone's forward: fp32 (as DiT's sample.py) or bf16 autocast
   int64_t seed = 0;
   bool at_end = true;  // draw a sample grid when training ends
   int64_t every = 0;   // also every N steps during training (run.dir/samples/); 0 = never

@@ -306,6 +306,9 @@ std::vector<OptionSpec> build_table() {
       int_option(FIELD(sample.cache_depth), 1, kNoMax,
                  "Skip-Cache: blocks at each end that run on the cached steps"),
       int_option(FIELD(sample.num_per_class), 1, kNoMax, "Samples per class in a grid"),
+      string_option(FIELD(sample.precision), {"fp32", "bf16"},
+                    "The backbone's forward when sampling: fp32 (as DiT's sample.py) or under bf16 autocast "
+                    "(faster on GPUs; the sampler's arithmetic stays fp32)"),
       int_option(FIELD(sample.batch_size), 1, kNoMax,
                  "Samples drawn (and decoded) at a time, twice the rows with guidance; the samples do not depend on it"),
       int_option(FIELD(sample.seed), 0, kNoMax, "Sampling seed"),

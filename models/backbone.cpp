@@ -19,7 +19,11 @@ at::Tensor Backbone::forward_with_cfg(const at::Tensor& x, const at::Tensor& t,
   if (n % 2 != 0) throw ShapeError("forward_with_cfg needs an even batch ([cond; uncond])");
   const int64_t guided = cfg_channels == 0 ? shape().in_channels : cfg_channels;
   auto half = x.narrow(0, 0, n / 2);
-  auto out = forward(at::cat({half, half}, 0), t, y).out;  // [N, C_out, H, W]
+  // [N, C_out, H, W]; in float32 before the guidance is combined, so that under autocast
+  // (sample.precision bf16) only the network runs in bf16 and the scale does not magnify the
+  // rounding of its output.
+  auto out = forward(at::cat({half, half}, 0), t, y).out;
+  if (out.scalar_type() == at::kBFloat16 || out.scalar_type() == at::kHalf) out = out.to(at::kFloat);
   if (guided > out.size(1)) {
     throw ShapeError("cfg_channels " + std::to_string(guided) + " exceeds the model's " +
                      std::to_string(out.size(1)) + " output channels");

@@ -1,6 +1,7 @@
 #include "trainers/resume.h"
 
 #include "src/common/error.h"
+#include "src/common/sample_rng.h"
 #include "src/config/config_loader.h"
 #include "src/config/option_table.h"
 
@@ -39,6 +40,21 @@ std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
     throw ConfigError(msg);
   }
   return allowed;
+}
+
+bool check_resume_random_streams(const std::map<std::string, std::string>& trainer_metadata,
+                                 const std::string& checkpoint_dir, bool allow_change) {
+  const auto saved = trainer_metadata.find("random_streams");
+  if (saved != trainer_metadata.end() && saved->second == kRandomStreams) return false;
+  if (allow_change) return true;
+  throw ConfigError(checkpoint_dir + " was written by a ditlab that drew its per-sample random choices "
+                    "(timesteps, noise, label drops, flips, the epoch order) from other streams (" +
+                    (saved == trainer_metadata.end() ? std::string("32-bit seeds, before random_streams "
+                                                                   "was recorded")
+                                                     : saved->second) +
+                    ", now " + kRandomStreams + "): resumed, the run would not continue as it began, "
+                    "and the current epoch would repeat some images and skip others. Finish it with "
+                    "the ditlab that started it, or pass --allow-config-change to go on regardless");
 }
 
 bool check_resume_dataset_size(const std::map<std::string, std::string>& trainer_metadata,

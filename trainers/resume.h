@@ -25,6 +25,13 @@ std::vector<std::string> check_resume_config(const ExperimentConfig& saved,
 // metadata; checkpoints from before it was saved pass) must be `size` unless `allow_change`.
 // Throws ConfigError naming `checkpoint_dir` and both sizes; true when they differ and it was
 // allowed (for the log).
+// A checkpoint's "random_streams" (trainer metadata) must be kRandomStreams: a checkpoint of
+// another ditlab's streams (or of one from before they were recorded) resumed here would draw
+// other timesteps, noise and epoch order. Throws ConfigError naming `checkpoint_dir` unless
+// `allow_change`; true when it differs and was allowed (for the log).
+bool check_resume_random_streams(const std::map<std::string, std::string>& trainer_metadata,
+                                 const std::string& checkpoint_dir, bool allow_change);
+
 bool check_resume_dataset_size(const std::map<std::string, std::string>& trainer_metadata,
                                const std::string& checkpoint_dir, int64_t size, bool allow_change);
 

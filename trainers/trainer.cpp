@@ -19,6 +19,7 @@
 #include "src/common/log.h"
 #include "src/common/peak_tflops.h"
 #include "src/common/progress.h"
+#include "src/common/sample_rng.h"
 #include "src/common/text.h"
 #include "src/config/config_loader.h"
 #include "src/distributed/communicator.h"
@@ -291,6 +292,7 @@ class Trainer {
                           {"epoch", std::to_string(sampler.epoch_of(step))},
                           {"position_in_epoch", std::to_string(step % sampler.steps_per_epoch())},
                           {"dataset_size", std::to_string(dataset_->size())},
+                          {"random_streams", kRandomStreams},
                           {"seed", std::to_string(tc_.seed)},
                           {"world_size", std::to_string(communicator_.world_size())},
                           {"libtorch_version", compat::torch_version()}};
@@ -299,17 +301,18 @@ class Trainer {
                                                   config_.checkpoint.keep_every));
   }
 
-  // The final weights (also in the last checkpoint) for `dit sample`, and the sample grid,
-  // written by rank 0; every rank fails if they could not be, so no launcher reports a run
-  // without its final weights as a success.
+  // The final weights (also in the last checkpoint) for `dit sample`, written by rank 0; every
+  // rank fails if they could not be, so no launcher reports a run without them as a success.
+  // Then rank 0 alone draws the sample grid: the others do not wait for it (a grid of 1000
+  // classes takes longer than train.dist_timeout_s), and its failure is rank 0's.
   void finish() {
-    run_on_main_rank(communicator_, device_, "writing the final weights and samples to " + config_.run.dir, [&] {
+    run_on_main_rank(communicator_, device_, "writing the final weights to " + config_.run.dir, [&] {
       const auto metadata = weights_metadata(to_yaml(config_), tc_.steps);
       save_weights(step_.model(), config_.run.dir + "/model.safetensors", metadata);
       save_weights(step_.ema()->shadow(), config_.run.dir + "/ema.safetensors", metadata);
       spdlog::info("saved model.safetensors and ema.safetensors");
-      if (config_.sample.at_end) write_sample_grid(config_.run.dir + "/samples");
     });
+    if (communicator_.is_main() && config_.sample.at_end) write_sample_grid(config_.run.dir + "/samples");
   }
 
   // A grid (one row per class) from the EMA weights at `stem`.png (or .safetensors without
@@ -411,12 +414,18 @@ TrainSummary train(const ExperimentConfig& input_config, const TrainOptions& opt
                     e.what() + "; run.dir must be a folder every rank sees the same");
     }
   });
-  bool other_dataset = false;
+  bool other_dataset = false, other_streams = false;
   run_on_every_rank(communicator, device, "checking the dataset against the checkpoint", [&] {
-    other_dataset = resume_from && !finished &&
-                    check_resume_dataset_size(resume_from->trainer_metadata, resume_from->dir,
+    if (!resume_from || finished) return;
+    other_dataset = check_resume_dataset_size(resume_from->trainer_metadata, resume_from->dir,
                                               dataset->size(), options.allow_config_change);
+    other_streams = check_resume_random_streams(resume_from->trainer_metadata, resume_from->dir,
+                                                options.allow_config_change);
   });
+  if (other_streams && communicator.is_main()) {
+    spdlog::warn("resuming a checkpoint of other random streams (allowed by --allow-config-change): "
+                 "the run's choices change from here on");
+  }
   if (other_dataset && communicator.is_main()) {
     spdlog::warn("resuming on a dataset of another size (allowed by --allow-config-change): {} items now",
                  dataset->size());

@@ -19,6 +19,11 @@ constexpr uint64_t kEpochOrderStream = ~uint64_t{0};
 constexpr uint64_t kEncodingStream = ~uint64_t{0} - 1;
 constexpr uint64_t kSamplingStream = ~uint64_t{0} - 16;
 
+// Names how the streams are made; checkpoints record it ("random_streams"), so that a run is not
+// resumed by a ditlab that would draw other choices (before 2026-11-27 the generators were seeded
+// from 32 bits of sample_seed).
+constexpr const char* kRandomStreams = "splitmix64-mt19937-64bit";
+
 // A 64-bit seed mixing the three coordinates (SplitMix64 finaliser, so nearby inputs give
 // unrelated seeds).
 uint64_t sample_seed(uint64_t seed, uint64_t step, uint64_t index);

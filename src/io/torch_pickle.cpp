@@ -141,6 +141,8 @@ class ZipArchive {
 
 struct PyObject;
 using Py = std::shared_ptr<PyObject>;
+// What an opaque object holds for an integer wider than 64 bits (LONG1 of more than 8 bytes).
+const char* const kWideInt = "int wider than 64 bits";
 struct PyObject {
   enum Kind { kNone, kBool, kInt, kFloat, kStr, kBytes, kTuple, kList, kDict, kGlobal, kTensor, kOpaque };
   Kind kind = kNone;
@@ -245,10 +247,14 @@ class Unpickler {
         case 0x8a: {                                            // LONG1
           size_t n = byte();
           // Python writes the fewest bytes that hold the value, so more than 8 is an integer
-          // beyond int64 (no tensor size, stride or offset is one); reading it would truncate.
+          // beyond int64: harmless where nothing reads it (a stored seed of 2^63 + 5, say), an
+          // error where a tensor needs it as a size, stride or offset (as_int), never truncated.
           if (n > 8) {
-            zip_.fail("an integer of " + std::to_string(n) + " bytes at byte " + std::to_string(pos_ - 2) +
-                      " of data.pkl is wider than 64 bits");
+            take(n);
+            auto wide = make(PyObject::kOpaque);
+            wide->s = kWideInt;
+            stack_.push_back(wide);
+            break;
           }
           uint64_t v = le(n);
           if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);  // sign
@@ -431,6 +437,9 @@ class Unpickler {
   }
 
   int64_t as_int(const Py& p) {
+    if (p->kind == PyObject::kOpaque && p->s == kWideInt) {
+      zip_.fail("a tensor record holds an integer wider than 64 bits as a size, stride or offset");
+    }
     if (p->kind != PyObject::kInt) zip_.fail("malformed tensor record (expected an int)");
     return p->i;
   }

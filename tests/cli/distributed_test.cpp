@@ -174,10 +174,12 @@ TEST_CASE("every rank resumes from the checkpoint rank 0 chooses", "[distributed
   CHECK(max_diff < 1e-4);
 }
 
-TEST_CASE("final weights rank 0 cannot write fail every rank", "[distributed]") {
+TEST_CASE("the final sample grid is rank 0's alone: the others neither wait for it nor fail with it",
+          "[distributed]") {
   TempDir dir("ddp-finish");
-  // A non-empty folder where the final sample grid goes: the rename onto it fails on rank 0
-  // only, after the final weights (grids are .png with OpenCV, else .safetensors).
+  // A non-empty folder where the final sample grid goes: the rename onto it fails on rank 0,
+  // after the final weights (grids are .png with OpenCV, else .safetensors). Had rank 1 waited
+  // in a collective for the grid, it would have learned of the failure and exited 1.
   fs::create_directories(dir / "run/samples.png/occupied");
   fs::create_directories(dir / "run/samples.safetensors/occupied");
   const std::string args = "train.steps=2 train.log_every=1 sample.at_end=true sample.steps=2 "
@@ -185,13 +187,13 @@ TEST_CASE("final weights rank 0 cannot write fail every rank", "[distributed]") 
   pid_t rank0 = start_rank(0, 2, 29645, args, dir / "rank0.log");
   pid_t rank1 = start_rank(1, 2, 29645, args, dir / "rank1.log");
   CHECK(wait_for(rank0) == 1);
-  CHECK(wait_for(rank1) == 1);
+  CHECK(wait_for(rank1) == 0);
   const std::string log0 = read_file(dir / "rank0.log"), log1 = read_file(dir / "rank1.log");
   INFO(log0 << "\n---\n" << log1);
   CHECK_THAT(log0, Catch::Contains(dir / "run/samples."));
-  CHECK_THAT(log1, Catch::Contains("rank 0 failed while writing the final weights"));
-  // The last checkpoint was written before: the run resumes from it.
-  CHECK(fs::exists(dir / "run/checkpoints/step-00000002/manifest.json"));
+  // The weights, written under every rank's watch, are there.
+  CHECK(fs::exists(dir / "run/model.safetensors"));
+  CHECK(fs::exists(dir / "run/ema.safetensors"));
 }
 
 TEST_CASE("a rank that dies makes the others fail with an error, not hang", "[distributed]") {

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "src/common/error.h"
+#include "src/common/sample_rng.h"
 #include "src/config/config_loader.h"
 #include "src/io/safetensors.h"
 #include "tests/test_support.h"
@@ -178,6 +179,25 @@ TEST_CASE("a resumed run refuses a dataset of another size unless allowed", "[re
   CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=5"}), resume),
                     Catch::Contains("the dataset now holds 256 items") && Catch::Contains(last) &&
                         Catch::Contains("trained on 300"));
+  resume.allow_config_change = true;
+  CHECK(train(config_for(dir / "run", {"train.steps=5"}), resume).start_step == 3);
+}
+
+TEST_CASE("a resumed run refuses a checkpoint of other random streams unless allowed", "[resume]") {
+  namespace fs = std::filesystem;
+  TempDir dir("resume");
+  train(config_for(dir / "run", {"train.steps=3"}));
+  const std::string last = dir / "run/checkpoints/step-00000003";
+  Checkpoint c = load_checkpoint(last);
+  REQUIRE(c.trainer_metadata.at("random_streams") == kRandomStreams);
+  // As a checkpoint from before the streams were recorded (32-bit seeds).
+  c.trainer_metadata.erase("random_streams");
+  fs::remove_all(last);
+  save_checkpoint(dir / "run", c, 0, 0);
+  TrainOptions resume;
+  resume.resume = "auto";
+  CHECK_THROWS_WITH(train(config_for(dir / "run", {"train.steps=5"}), resume),
+                    Catch::Contains(last) && Catch::Contains("32-bit seeds") && Catch::Contains(kRandomStreams));
   resume.allow_config_change = true;
   CHECK(train(config_for(dir / "run", {"train.steps=5"}), resume).start_step == 3);
 }

@@ -280,8 +280,17 @@ TEST_CASE("malformed pickles are IoErrors, not crashes or std exceptions", "[tor
              Catch::Contains("malformed parameter record"));
   CHECK_THAT(io_error(dir, checkpoint(py_pickle("}(" + py_str("w") + "u"))),
              Catch::Contains("a key without a value"));
-  // 2^64 needs 9 bytes; truncated to 64 bits it would read as 0.
+  // 2^64 needs 9 bytes; truncated to 64 bits it would read as 0. As a tensor's offset it is an
+  // error; as a value nothing reads (a stored seed), it is passed over.
   const std::string wide = op(0x8a) + op(9) + le(0, 8) + op(1);
-  CHECK_THAT(io_error(dir, checkpoint(py_pickle(py_dict({{"n", wide}})))),
+  const std::string record = tensor_record(6, 0, {2}, {1});
+  std::string wide_offset = record;
+  const std::string offset_zero = py_int(0) + py_ints({2});
+  REQUIRE(wide_offset.find(offset_zero) != std::string::npos);
+  wide_offset.replace(wide_offset.find(offset_zero), offset_zero.size(), wide + py_ints({2}));
+  CHECK_THAT(io_error(dir, checkpoint(py_pickle(py_dict({{"w", wide_offset}})))),
              Catch::Contains("wider than 64 bits"));
+  const std::string with_seed = py_pickle(py_dict({{"model", py_dict({{"w", record}})}, {"seed", wide}}));
+  const auto loaded = read_torch_state_dict(write(dir, checkpoint(with_seed)), "model");
+  CHECK(at::equal(loaded.at("w"), at::arange(0, 2, at::kFloat)));
 }

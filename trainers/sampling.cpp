@@ -124,7 +124,13 @@ at::Tensor sample_batch(Backbone& model, const GaussianDiffusion& diffusion, con
   SamplerOptions options;
   options.clip_denoised = sample.clip_denoised;
   options.eta = sample.eta;
-  options.noise = [&](const at::Tensor& like) { return draw_noise(like.size(0)).to(like.device()); };
+  // Per-step noise (DDPM, DDIM with eta > 0) is drawn on the host; to a GPU it goes from pinned
+  // memory without blocking, so the host draws the next step's while the device runs this one.
+  options.noise = [&](const at::Tensor& like) {
+    at::Tensor noise = draw_noise(like.size(0));
+    if (!like.device().is_cuda()) return noise.to(like.device());
+    return noise.pin_memory().to(like.device(), /*non_blocking=*/true);
+  };
   options.on_step = [&](int64_t, int64_t) { on_step(); };
   model.begin_sampling({sample.cache_interval, sample.cache_depth});
   at::Tensor x;

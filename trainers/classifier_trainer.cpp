@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "data/dataset.h"
+#include "data/held_out_split.h"
 #include "models/classifier/image_classifier.h"
 #include "src/common/error.h"
 #include "src/common/log.h"
@@ -34,14 +35,10 @@ ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const st
                       std::to_string(trainable) + " of the dataset's " + std::to_string(data->size()) +
                       " images for training, fewer than classifier.batch_size " + std::to_string(cc.batch_size));
   }
-  // Held out: an even stride over the dataset (image folders are sorted by class, so the last
-  // images would all be of the last class); the rest trains.
-  std::vector<int64_t> held_out_indices, training_indices;
-  for (int64_t i = 0, next = 0; i < data->size(); ++i) {
-    const bool held = static_cast<int64_t>(held_out_indices.size()) < held_out && i == next;
-    (held ? held_out_indices : training_indices).push_back(i);
-    if (held) next = (static_cast<int64_t>(held_out_indices.size()) * data->size()) / held_out;
-  }
+  // Held out: an even stride over the dataset; the rest trains.
+  const HeldOutSplit split = even_held_out_split(data->size(), held_out);
+  const std::vector<int64_t>& held_out_indices = split.held_out;
+  const std::vector<int64_t>& training_indices = split.training;
   ImageClassifierOptions options;
   options.in_channels = data->channels();
   options.num_classes = data->num_classes();

@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "data/dataset.h"
+#include "data/held_out_split.h"
 #include "models/vae/autoencoder_kl.h"
 #include "models/vae/vae_weights.h"
 #include "src/common/error.h"
@@ -32,12 +33,6 @@ AutoencoderKLOptions options_for(const AutoencoderConfig& c, int64_t channels) {
   return o;
 }
 
-std::vector<int64_t> range(int64_t begin, int64_t end) {
-  std::vector<int64_t> out;
-  for (int64_t i = begin; i < end; ++i) out.push_back(i);
-  return out;
-}
-
 }  // namespace
 
 double psnr_db(double mse) { return 10.0 * std::log10(1.0 / std::max(mse, 1e-12)); }
@@ -50,6 +45,7 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   const auto& ac = config.autoencoder;
   const auto& tc = ac.train;
   const auto start = std::chrono::steady_clock::now();
+  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
   auto data = make_dataset(config.data);
   if (data->latent_cache() != nullptr) {
     throw ConfigError("dit train-vae trains on images, but data.name is latents (" + config.data.path + ")");
@@ -61,6 +57,9 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
                       " images for training, fewer than autoencoder.train.batch_size " +
                       std::to_string(tc.batch_size));
   }
+  // Held out: an even stride over the dataset (the last images of a class-sorted folder would
+  // be classes the autoencoder never saw, and the scaling factor would come from them alone).
+  const HeldOutSplit split = even_held_out_split(data->size(), held_out);
   const AutoencoderKLOptions options = options_for(ac, data->channels());
   if (data->image_size() % options.downsampling() != 0) {
     throw ConfigError("data.image_size " + std::to_string(data->image_size()) + " is not a multiple of the "
@@ -99,7 +98,8 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   vae->train();
   for (int64_t step = 0; step < tc.steps; ++step) {
     auto indices = at::randint(trainable, {tc.batch_size}, generator, at::kLong);
-    std::vector<int64_t> picked(indices.data_ptr<int64_t>(), indices.data_ptr<int64_t>() + tc.batch_size);
+    std::vector<int64_t> picked(static_cast<size_t>(tc.batch_size));
+    for (int64_t i = 0; i < tc.batch_size; ++i) picked[i] = split.training[indices.data_ptr<int64_t>()[i]];
     auto x = data->get_batch(picked).images.to(device);
     auto posterior = vae->encode(x);
     auto error = vae->decode(posterior.sample()) - x;
@@ -126,8 +126,10 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   double squared_error = 0.0, mean_sum = 0.0, square_sum = 0.0;
   int64_t pixels = 0, latent_elements = 0;
   at::Tensor shown_originals, shown_reconstructions;
-  for (int64_t first = trainable; first < data->size(); first += tc.batch_size) {
-    auto x = data->get_batch(range(first, std::min(first + tc.batch_size, data->size()))).images.to(device);
+  for (int64_t first = 0; first < held_out; first += tc.batch_size) {
+    const std::vector<int64_t> part(split.held_out.begin() + first,
+                                    split.held_out.begin() + std::min(first + tc.batch_size, held_out));
+    auto x = data->get_batch(part).images.to(device);
     auto mean = vae->encode(x).mean;
     auto reconstruction = vae->decode(mean).clamp(-1, 1);
     squared_error += ((x - reconstruction) / 2).pow(2).sum().item<double>();

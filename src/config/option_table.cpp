@@ -338,7 +338,7 @@ std::vector<OptionSpec> build_table() {
       float_option(FIELD(autoencoder.train.kl_weight), 0, kInf, false,
                    "train-vae: weight of the KL term (LDM: 1e-6)"),
       int_option(FIELD(autoencoder.train.eval_images), 1, kNoMax,
-                 "train-vae: the dataset's last N images, held out for the reported PSNR"),
+                 "train-vae: N images spread evenly over the dataset, held out for the reported PSNR and the scaling factor"),
 
       int_list_option(FIELD(classifier.channels), 1, kNoMax,
                       "train-classifier: widths per stage (two 3x3 convs, then 2x pooling)"),

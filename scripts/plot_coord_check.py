@@ -11,16 +11,10 @@ import os
 import sys
 from collections import defaultdict
 
-try:
-    import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plotting import pyplot  # noqa: E402  (scripts/plotting.py)
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-except ImportError as e:  # another python3 (pyenv, a venv) came first on PATH
-    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: the Python module '{e.name or e}' is missing from "
-                     f"{sys.executable}.\nRun the script with the system interpreter, which has it: "
-                     f"/usr/bin/python3 {sys.argv[0]} ...\n(Debian: apt install python3-matplotlib)\n")
-    sys.exit(2)
+plt = pyplot()
 
 
 def main():

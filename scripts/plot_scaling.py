@@ -33,17 +33,11 @@ import math
 import os
 import sys
 
-try:
-    import numpy as np
-    import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plotting import pyplot, require  # noqa: E402  (scripts/plotting.py)
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-except ImportError as e:  # another python3 (pyenv, a venv) came first on PATH
-    sys.stderr.write(f"{os.path.basename(sys.argv[0])}: the Python module '{e.name or e}' is missing from "
-                     f"{sys.executable}.\nRun the script with the system interpreter, which has it: "
-                     f"/usr/bin/python3 {sys.argv[0]} ...\n(Debian: apt install python3-matplotlib python3-numpy)\n")
-    sys.exit(2)
+(np,) = require("numpy")
+plt = pyplot()
 
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom (two-sided 95%); F(1, df) = t^2.
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

@@ -9,35 +9,12 @@
 #include "models/backbone.h"
 #include "models/registry.h"
 #include "src/common/error.h"
+#include "tests/models/small_model_config.h"
 
 using namespace ditlab;
+using ditlab::testing::small_model_config;
 
 namespace {
-
-// The debug sizes of the family tests (tests/models/<family>/): 8x8x3 inputs, 5 classes.
-ModelConfig small(const std::string& family) {
-  ModelConfig c;
-  c.name = family;
-  c.input_size = 8;
-  c.in_channels = 3;
-  c.num_classes = 5;
-  if (family == "u-dit") {
-    c.hidden_size = 16;
-    c.num_heads = 2;
-    c.level_depths = {1, 1, 2, 1, 1};
-  } else if (family == "dim") {
-    c.hidden_size = 16;
-    c.depth = 3;
-    c.patch_size = 2;
-  } else {  // dit, skip-dit, dit-moe
-    c.hidden_size = 32;
-    c.num_heads = 2;
-    c.depth = 2;
-    c.patch_size = 2;
-    if (family == "dit-moe") c.moe.num_experts = 4;
-  }
-  return c;
-}
 
 const std::vector<std::string>& families() {
   static const std::vector<std::string> names = {"dit", "skip-dit", "dit-moe", "u-dit", "dim"};
@@ -54,7 +31,7 @@ TEST_CASE("every backbone refuses t and y that are not one entry per sample of x
   torch::NoGradGuard no_grad;
   for (const auto& family : families()) {
     INFO(family);
-    auto model = build_backbone(small(family));
+    auto model = build_backbone(small_model_config(family));
     auto x = at::randn({1, 3, 8, 8});
     auto t4 = labels({10, 20, 30, 40}), y4 = labels({0, 1, 2, 3});
     // x holds 1 sample, t and y 4: the error names both batch sizes.
@@ -78,7 +55,7 @@ TEST_CASE("validate_inputs refuses labels outside the label table, naming the la
           "[backbone]") {
   for (const auto& family : families()) {
     INFO(family);
-    ModelConfig c = small(family);
+    ModelConfig c = small_model_config(family);
     c.class_dropout_prob = 0.0;  // no null row: labels 0..4
     auto plain = build_backbone(c);
     REQUIRE_FALSE(plain->shape().has_null_class);
@@ -105,7 +82,7 @@ TEST_CASE("validate_inputs refuses labels outside the label table, naming the la
 }
 
 TEST_CASE("forward_with_cfg refuses a negative cfg_channels, naming it", "[backbone]") {
-  auto model = build_backbone(small("dit"));
+  auto model = build_backbone(small_model_config("dit"));
   torch::NoGradGuard no_grad;
   auto x = at::randn({2, 3, 8, 8});
   auto t = labels({10, 10}), y = labels({1, 5});

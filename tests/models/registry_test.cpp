@@ -7,6 +7,7 @@
 
 #include "models/registry.h"
 #include "src/common/error.h"
+#include "tests/models/small_model_config.h"
 
 using namespace ditlab;
 
@@ -45,27 +46,7 @@ TEST_CASE("model_cost prices every backbone and conditioning as the built model 
   cases.push_back({"dim", "adaln_zero"});
   for (const auto& [family, conditioning] : cases) {
     INFO(family << " " << conditioning);
-    ModelConfig c;
-    c.name = family;
-    c.conditioning = conditioning;
-    c.input_size = 8;
-    c.in_channels = 3;
-    c.num_classes = 5;
-    if (family == "u-dit") {
-      c.hidden_size = 16;
-      c.num_heads = 2;
-      c.level_depths = {1, 1, 2, 1, 1};
-    } else if (family == "dim") {
-      c.hidden_size = 16;
-      c.depth = 3;
-      c.patch_size = 2;
-    } else {
-      c.hidden_size = 32;
-      c.num_heads = 2;
-      c.depth = 2;
-      c.patch_size = 2;
-      if (family == "dit-moe") c.moe.num_experts = 4;
-    }
+    const ModelConfig c = ditlab::testing::small_model_config(family, conditioning);
     const ModelCost cost = model_cost(c);
     auto model = build_backbone(c);
     CHECK(cost.forward_macs == model->forward_macs());

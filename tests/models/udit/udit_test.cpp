@@ -241,17 +241,24 @@ TEST_CASE("a U-DiT in eval mode (folded FFNs) gives the training-mode output", "
   CHECK(at::allclose(model->forward(x, t, y).out, training, 1e-4, 1e-4));
 }
 
+namespace {
+// A U-DiT preset at the paper's 256x256 (a 32x32x4 latent, 1000 classes).
+ModelConfig paper_preset(const char* name) {
+  ModelConfig c;
+  c.name = name;
+  c.input_size = 32;
+  c.in_channels = 4;
+  c.num_classes = 1000;
+  return c;
+}
+}  // namespace
+
 TEST_CASE("U-DiT MACs match the paper's GFLOPs (folded FFNs, one MAC = one FLOP)", "[udit]") {
   // Table 2 of the paper at 256x256 (a 32x32x4 latent); the remainder is what the paper's
   // counter adds for elementwise operations (under 0.5%).
   for (const auto& [name, paper] : {std::pair<const char*, double>{"U-DiT-S", 6.04},
                                     {"U-DiT-B", 22.22}, {"U-DiT-L", 85.00}}) {
-    ModelConfig c;
-    c.name = name;
-    c.input_size = 32;
-    c.in_channels = 4;
-    c.num_classes = 1000;
-    auto resolved = resolve_model_config(c);
+    auto resolved = resolve_model_config(paper_preset(name));
     UDiTOptions o;
     o.hidden_size = resolved.hidden_size;
     o.num_heads = resolved.num_heads;
@@ -266,13 +273,8 @@ TEST_CASE("U-DiT MACs match the paper's GFLOPs (folded FFNs, one MAC = one FLOP)
   // Python tally during review: 7.13, 26.51 and 102.03 G).
   for (const auto& [name, trained] : {std::pair<const char*, double>{"U-DiT-S", 7.13},
                                       {"U-DiT-B", 26.51}, {"U-DiT-L", 102.03}}) {
-    ModelConfig c;
-    c.name = name;
-    c.input_size = 32;
-    c.in_channels = 4;
-    c.num_classes = 1000;
     CAPTURE(name);
-    const ModelCost cost = model_cost(c);
+    const ModelCost cost = model_cost(paper_preset(name));
     CHECK(cost.training_forward_macs / 1e9 == Approx(trained).epsilon(0.002));
     CHECK(cost.forward_macs < cost.training_forward_macs);
   }

@@ -197,34 +197,29 @@ TEST_CASE("DDPM and DDIM sample a known Gaussian data distribution", "[diffusion
   // E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar).
   const double mu = 0.4, s = 0.5;
   auto base = GaussianDiffusion(make_betas("linear", 1000), /*learn_sigma=*/false);
-  for (const char* sampler : {"ddpm", "ddim"}) {
-    // 250 steps: DDIM's discretisation shrinks the spread by ~6% at 50 steps, ~1% here.
-    auto d = base.respaced(space_timesteps(1000, "250"));
-    ModelFn optimal = [&](const at::Tensor& x, const at::Tensor& t_model) {
-      auto abar = base.gather(base.tables().alphas_cumprod, t_model);
-      return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar);
-    };
+  ModelFn optimal = [&](const at::Tensor& x, const at::Tensor& t_model) {
+    auto abar = base.gather(base.tables().alphas_cumprod, t_model);
+    return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar);
+  };
+  SamplerOptions options;
+  options.clip_denoised = false;
+  // Samples of `spec`'s respacing from 4000 fixed noises.
+  auto sample = [&](const char* sampler, const std::string& spec) {
+    auto d = base.respaced(space_timesteps(1000, spec));
     auto gen = at::detail::createCPUGenerator(7);
     auto noise = at::randn({4000, 1, 2, 2}, gen, at::TensorOptions().dtype(at::kFloat));
-    SamplerOptions options;
-    options.clip_denoised = false;
-    auto x = std::string(sampler) == "ddpm" ? ddpm_sample(d, optimal, noise, gen, options)
-                                            : ddim_sample(d, optimal, noise, gen, options);
+    return std::string(sampler) == "ddpm" ? ddpm_sample(d, optimal, noise, gen, options)
+                                          : ddim_sample(d, optimal, noise, gen, options);
+  };
+  for (const char* sampler : {"ddpm", "ddim"}) {
+    // 250 steps: DDIM's discretisation shrinks the spread by ~6% at 50 steps, ~1% here.
+    auto x = sample(sampler, "250");
     INFO(sampler);
     CHECK(x.mean().item<double>() == Approx(mu).margin(0.02));
     CHECK(x.std().item<double>() == Approx(s).epsilon(0.05));
   }
   // One DDIM step from T-1 is the optimal predictor's E[x0 | x_T], about mu: no longer noise.
-  auto one = base.respaced(space_timesteps(1000, "1"));
-  ModelFn optimal = [&](const at::Tensor& x, const at::Tensor& t_model) {
-    auto abar = base.gather(base.tables().alphas_cumprod, t_model);
-    return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar);
-  };
-  auto gen = at::detail::createCPUGenerator(7);
-  auto noise = at::randn({4000, 1, 2, 2}, gen, at::TensorOptions().dtype(at::kFloat));
-  SamplerOptions options;
-  options.clip_denoised = false;
-  CHECK(ddim_sample(one, optimal, noise, gen, options).mean().item<double>() == Approx(mu).margin(0.02));
+  CHECK(sample("ddim", "1").mean().item<double>() == Approx(mu).margin(0.02));
 }
 
 TEST_CASE("a one-step linear schedule is beta_start rescaled, as np.linspace(lo, hi, 1)", "[diffusion]") {

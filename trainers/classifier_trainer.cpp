@@ -24,7 +24,7 @@ namespace ditlab {
 ClassifierTrainSummary train_classifier(const ExperimentConfig& config, const std::string& command_line) {
   const auto& cc = config.classifier;
   const auto start = std::chrono::steady_clock::now();
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  apply_compute_settings(config.train);
   auto data = make_dataset(config.data);
   if (data->latent_cache() != nullptr) {
     throw ConfigError("dit train-classifier trains on images, but data.name is latents (" + config.data.path + ")");

@@ -1,5 +1,6 @@
 #include "trainers/experiment.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <unistd.h>
@@ -65,8 +66,16 @@ c10::Device select_device(const std::string& name, const DistEnv& env) {
   return rank_device(device, env, device.is_cuda() ? static_cast<int64_t>(torch::cuda::device_count()) : 0);
 }
 
-RankContext join_job(const TrainConfig& train) {
+void apply_compute_settings(const TrainConfig& train) {
   if (train.threads > 0) at::set_num_threads(static_cast<int>(train.threads));
+  // PyTorch's default since 1.12 is full float32 products on CUDA (cuDNN's convolutions already
+  // allow TF32); DiT's scripts turn both on, and so does ditlab unless train.tf32 is false.
+  at::globalContext().setAllowTF32CuBLAS(train.tf32);
+  at::globalContext().setAllowTF32CuDNN(train.tf32);
+}
+
+RankContext join_job(const TrainConfig& train) {
+  apply_compute_settings(train);
   const DistEnv env = detect_dist_env();
   const c10::Device device = select_device(train.device, env);
   compat::set_current_device(device);
@@ -178,6 +187,7 @@ void write_run_metadata(const std::string& run_dir, const ExperimentConfig& conf
   info += "host: \"" + std::string(host) + "\"\n";
   info += "device: \"" + device.str() + "\"\n";
   info += "threads: " + std::to_string(at::get_num_threads()) + "\n";
+  info += std::string("cuda_tf32: ") + (at::globalContext().allowTF32CuBLAS() ? "true" : "false") + "\n";
   const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
   info += "openblas_coretype: \"" + std::string(blas_core ? blas_core : "auto") + "\"\n";
   info += "started: \"" + std::string(date) + "\"\n";

@@ -28,7 +28,12 @@ struct RankContext {
   c10::Device device;  // the rank's own GPU (its local index) for cuda
   std::shared_ptr<Communicator> communicator;
 };
-// The opening of such a job: train.threads, the device and the process group from the launcher's
+// The process-wide maths a config asks for, set by every command before it computes:
+// train.threads (LibTorch's intra-op threads; 0 keeps its default) and train.tf32 (TF32 for
+// float32 matrix products and convolutions on CUDA).
+void apply_compute_settings(const TrainConfig& train);
+
+// The opening of such a job: the compute settings, the device and the process group from the launcher's
 // environment (one process on its own without one). Ranks other than 0 log only warnings from
 // here on: rank 0 reports for all of them.
 RankContext join_job(const TrainConfig& train);

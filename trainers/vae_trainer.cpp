@@ -45,7 +45,7 @@ VaeTrainSummary train_vae(const ExperimentConfig& config, const std::string& com
   const auto& ac = config.autoencoder;
   const auto& tc = ac.train;
   const auto start = std::chrono::steady_clock::now();
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  apply_compute_settings(config.train);
   auto data = make_dataset(config.data);
   if (data->latent_cache() != nullptr) {
     throw ConfigError("dit train-vae trains on images, but data.name is latents (" + config.data.path + ")");

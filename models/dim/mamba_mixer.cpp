@@ -57,14 +57,17 @@ at::Tensor MambaMixerImpl::forward(const at::Tensor& h) {
   auto xz = in_proj->forward(h).transpose(1, 2);  // [b, 2 d_inner, L]
   auto x = xz.narrow(1, 0, d_inner), z = xz.narrow(1, d_inner, d_inner);
   x = at::silu(conv1d->forward(x).narrow(2, 0, length));  // causal: keep the first L outputs
-  auto parts = x_proj->forward(x.transpose(1, 2));         // [b, L, r + 2n]
-  auto dt = parts.narrow(2, 0, dt_rank);
+  // The linears get contiguous inputs: for a transposed or narrowed one, at::matmul runs a
+  // batched product against the expanded weight instead of one matrix product (on CPUs about
+  // 10% of a DiM step, measured with the profiler), and the copies cost less.
+  auto parts = x_proj->forward(x.transpose(1, 2).contiguous());  // [b, L, r + 2n]
+  auto dt = parts.narrow(2, 0, dt_rank).contiguous();
   auto B = parts.narrow(2, dt_rank, options.d_state).transpose(1, 2);                    // [b, n, L]
   auto C = parts.narrow(2, dt_rank + options.d_state, options.d_state).transpose(1, 2);  // [b, n, L]
   auto delta = at::softplus(dt_proj->forward(dt)).transpose(1, 2);                       // [b, d, L]
   auto y = selective_scan(x, delta, -at::exp(A_log), B, C, D);
   y = y * at::silu(z);
-  return probe("mixer", out_proj->forward(y.transpose(1, 2)));
+  return probe("mixer", out_proj->forward(y.transpose(1, 2).contiguous()));
 }
 
 }  // namespace ditlab

@@ -7,9 +7,9 @@
 #include "src/common/error.h"
 
 namespace ditlab {
-namespace {
-void check_shapes(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D) {
+
+void check_selective_scan_shapes(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D) {
   const bool ok = u.dim() == 3 && delta.sizes() == u.sizes() && A.dim() == 2 &&
                   A.size(0) == u.size(1) && B.dim() == 3 && B.size(0) == u.size(0) &&
                   B.size(1) == A.size(1) && B.size(2) == u.size(2) && C.sizes() == B.sizes() &&
@@ -18,12 +18,17 @@ void check_shapes(const at::Tensor& u, const at::Tensor& delta, const at::Tensor
     throw ShapeError("selective scan expects u, delta [b, d, L], A [d, n], B, C [b, n, L], D [d]");
   }
 }
-}  // namespace
+
+at::Tensor selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                          const at::Tensor& B, const at::Tensor& C, const at::Tensor& D) {
+  return u.device().is_cpu() ? selective_scan_fused_cpu(u, delta, A, B, C, D)
+                             : selective_scan_chunked(u, delta, A, B, C, D);
+}
 
 at::Tensor selective_scan_sequential(const at::Tensor& u_in, const at::Tensor& delta_in,
                                      const at::Tensor& A, const at::Tensor& B_in,
                                      const at::Tensor& C_in, const at::Tensor& D) {
-  check_shapes(u_in, delta_in, A, B_in, C_in, D);
+  check_selective_scan_shapes(u_in, delta_in, A, B_in, C_in, D);
   auto u = u_in.to(at::kFloat), delta = delta_in.to(at::kFloat);
   auto B = B_in.to(at::kFloat), C = C_in.to(at::kFloat);
   const int64_t length = u.size(2);
@@ -40,10 +45,10 @@ at::Tensor selective_scan_sequential(const at::Tensor& u_in, const at::Tensor& d
   return y.to(u_in.scalar_type());
 }
 
-at::Tensor selective_scan(const at::Tensor& u_in, const at::Tensor& delta_in, const at::Tensor& A,
-                          const at::Tensor& B_in, const at::Tensor& C_in, const at::Tensor& D,
-                          int64_t chunk) {
-  check_shapes(u_in, delta_in, A, B_in, C_in, D);
+at::Tensor selective_scan_chunked(const at::Tensor& u_in, const at::Tensor& delta_in,
+                                  const at::Tensor& A, const at::Tensor& B_in,
+                                  const at::Tensor& C_in, const at::Tensor& D, int64_t chunk) {
+  check_selective_scan_shapes(u_in, delta_in, A, B_in, C_in, D);
   DITLAB_ASSERT(chunk >= 1, "chunk must be positive");
   auto u = u_in.to(at::kFloat), delta = delta_in.to(at::kFloat);
   const int64_t batch = u.size(0), d = u.size(1), length = u.size(2), n = A.size(1);

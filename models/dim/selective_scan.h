@@ -8,7 +8,15 @@
 
 namespace ditlab {
 
-// The definition, one position at a time (the reference the fast scan is tested against).
+// Throws ShapeError unless the six operands have the shapes above.
+void check_selective_scan_shapes(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                 const at::Tensor& B, const at::Tensor& C, const at::Tensor& D);
+
+// What the Mamba mixer calls: the fused loops on CPUs, the chunked tensor ops elsewhere.
+at::Tensor selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                          const at::Tensor& B, const at::Tensor& C, const at::Tensor& D);
+
+// The definition, one position at a time (the reference the fast scans are tested against).
 at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delta,
                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                      const at::Tensor& D);
@@ -17,9 +25,17 @@ at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delt
 // pairs (a, b) of h_l = a_l h_{l-1} + b_l, log2(chunk) whole-tensor steps; then the chunk
 // carries are combined sequentially (L / chunk small steps). Every factor is a product of
 // exp(delta * A) <= 1, so nothing overflows whatever delta is (unlike cumulative sums of
-// delta * A in log space). Differentiable by autograd; computed in fp32.
-at::Tensor selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
-                          const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
-                          int64_t chunk = 16);
+// delta * A in log space). Differentiable by autograd; computed in fp32. Any device.
+at::Tensor selective_scan_chunked(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                  int64_t chunk = 16);
+
+// CPU only: one loop over the sequence per (batch, channel) row, the state in registers, and a
+// backward written by hand that recomputes a row's states and runs the gradients' recurrence in
+// reverse (selective_scan_fused.cpp). Keeps only its inputs for backward, where the chunked scan
+// keeps [b, d, L, n] tensors per step. Computed in fp32 (fp64 for fp64 inputs); not twice
+// differentiable.
+at::Tensor selective_scan_fused_cpu(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                    const at::Tensor& B, const at::Tensor& C, const at::Tensor& D);
 
 }  // namespace ditlab

@@ -122,7 +122,7 @@ int run_bench(int argc, char** argv) {
     apply_overrides(config, args.overrides());
   }
   if (args.has("threads")) config.train.threads = args.get_int("threads", 0);
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  apply_compute_settings(config.train);
   if (args.has("data")) {
     return bench_data_loading(config, args.get_int("batch", config.train.global_batch_size),
                               args.get_int("steps", 50), args.get_int("warmup", 3));
@@ -238,7 +238,7 @@ int run_bench(int argc, char** argv) {
   std::printf(
       "{\"mode\": \"%s\", \"model\": \"%s\", \"device\": \"%s\", \"device_name\": \"%s\", "
       "\"precision\": \"%s\", \"batch\": %lld, \"input_size\": %lld, \"in_channels\": %lld, "
-      "\"threads\": %d, \"checkpoint_blocks\": %s, \"cuda_graph\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
+      "\"threads\": %d, \"checkpoint_blocks\": %s, \"cuda_graph\": %s, \"tf32\": %s, \"steps\": %lld, \"parameters\": %lld, \"gmacs_per_image\": %.3f, "
       "\"images_per_s\": %.3f, \"step_ms_median\": %.3f, \"step_ms_min\": %.3f, "
       "\"step_ms_max\": %.3f, \"tflops\": %.4g, \"peak_tflops\": %.2f, \"mfu\": %s, "
       "\"peak_memory_mb\": %.1f, \"peak_memory_kind\": \"%s\", \"aten_ops_per_step\": %s, "
@@ -247,7 +247,7 @@ int run_bench(int argc, char** argv) {
       precision.c_str(), static_cast<long long>(batch), static_cast<long long>(mc.input_size),
       static_cast<long long>(mc.in_channels), at::get_num_threads(),
       mc.checkpoint_blocks ? "true" : "false", config.train.cuda_graph ? "true" : "false",
-      static_cast<long long>(steps),
+      config.train.tf32 ? "true" : "false", static_cast<long long>(steps),
       static_cast<long long>(parameters), macs / 1e9, images_per_s, med * per_step,
       *std::min_element(step_ms.begin(), step_ms.end()),
       *std::max_element(step_ms.begin(), step_ms.end()), tflops, peak,

@@ -145,7 +145,7 @@ int run_mup(int argc, char** argv) {
   if (args.print_help_if_asked()) return 0;
   ExperimentConfig config =
       load_experiment_config(config_path_or_default(args.get("config")), args.overrides());
-  if (config.train.threads > 0) at::set_num_threads(static_cast<int>(config.train.threads));
+  apply_compute_settings(config.train);
   WidthStudy study;
   study.widths = args.get_int_list("widths", {64, 128, 256, 512});
   study.steps = args.get_int("steps", sweep ? 200 : 5);

@@ -73,6 +73,7 @@ int run_sample(int argc, char** argv) {
     throw UsageError("dit sample: --num-per-class and --steps must be >= 1, --cfg-scale >= 0");
   }
   check_sample_config(config.model, config.diffusion, s, config.autoencoder);
+  apply_compute_settings(config.train);
   const c10::Device device = select_device(args.get_or("device", config.train.device));
 
   auto model = build_backbone(config.model);

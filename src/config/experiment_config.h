@@ -80,6 +80,7 @@ struct TrainConfig {
   std::string precision = "auto";
   std::string device = "auto";
   int64_t threads = 0;  // 0: LibTorch's default
+  bool tf32 = true;     // TF32 for float32 products and convolutions on CUDA, as DiT's scripts
   int64_t log_every = 50;
   double peak_tflops = 0.0;  // per device, for the logged MFU; 0: the device's (src/common/peak_tflops.h)
   int64_t max_bad_steps = 20;  // consecutive non-finite steps (skipped) before the run stops

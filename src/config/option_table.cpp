@@ -265,6 +265,10 @@ std::vector<OptionSpec> build_table() {
                     "Autocast precision; auto = bf16 on CUDA, fp32 on CPU"),
       string_option(FIELD(train.device), {}, "auto, cpu, cuda or cuda:N"),
       int_option(FIELD(train.threads), 0, 1024, "CPU threads for LibTorch; 0 = its default"),
+      bool_option(FIELD(train.tf32),
+                  "TF32 tensor cores for float32 matrix products and convolutions on CUDA (Ampere and "
+                  "later), as DiT's train.py and sample.py set; fp32 work only (bf16 autocast's "
+                  "products are bf16 already); no effect on CPUs"),
       int_option(FIELD(train.log_every), 1, kNoMax, "Steps between log lines and metrics records"),
       float_option(FIELD(train.peak_tflops), 0, kInf, false,
                    "Peak TFLOP/s of one device for the logged MFU; 0 = the device's: known GPUs' "

@@ -1,5 +1,9 @@
-// Which device a rank trains on (no GPU needed: the rule is given the number of visible GPUs).
+// Which device a rank trains on (no GPU needed: the rule is given the number of visible GPUs),
+// and the process-wide compute settings.
 #include <catch2/catch.hpp>
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
 
 #include "src/common/error.h"
 #include "trainers/experiment.h"
@@ -32,4 +36,23 @@ TEST_CASE("each rank takes the GPU of its local rank, or its only GPU", "[experi
                     Catch::Contains("train.device cuda:3 puts all 2 ranks on one GPU"));
   // CPUs are CPUs.
   CHECK(rank_device(c10::Device("cpu"), rank(1, 1, 2), 0) == c10::Device("cpu"));
+}
+
+TEST_CASE("the compute settings set LibTorch's threads and its CUDA TF32 switches", "[experiment]") {
+  const int threads_before = at::get_num_threads();
+  TrainConfig train;
+  CHECK(train.tf32);  // on by default, as DiT's train.py and sample.py
+  train.threads = 1;
+  train.tf32 = false;
+  apply_compute_settings(train);
+  CHECK(at::get_num_threads() == 1);
+  CHECK_FALSE(at::globalContext().allowTF32CuBLAS());
+  CHECK_FALSE(at::globalContext().allowTF32CuDNN());
+  train.threads = 0;  // keeps the current count
+  train.tf32 = true;
+  apply_compute_settings(train);
+  CHECK(at::get_num_threads() == 1);
+  CHECK(at::globalContext().allowTF32CuBLAS());
+  CHECK(at::globalContext().allowTF32CuDNN());
+  at::set_num_threads(threads_before);
 }

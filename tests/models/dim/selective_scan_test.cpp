@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include <limits>
+
 #include "models/dim/selective_scan.h"
 #include "src/common/error.h"
 
@@ -41,7 +43,7 @@ TEST_CASE("the chunked selective scan equals the sequential definition, values a
         {50, 8, 20.0}, {33, 64, 1.0}, {20, 1, 1.0}}) {
     auto in = random_inputs(2, 3, length, 4, delta_scale);
     auto reference = selective_scan_sequential(in.u, in.delta, in.A, in.B, in.C, in.D);
-    auto fast = selective_scan(in.u, in.delta, in.A, in.B, in.C, in.D, chunk);
+    auto fast = selective_scan_chunked(in.u, in.delta, in.A, in.B, in.C, in.D, chunk);
     CAPTURE(length, chunk, delta_scale);
     REQUIRE(fast.sizes() == reference.sizes());
     CHECK(at::isfinite(fast).all().item<bool>());
@@ -70,5 +72,81 @@ TEST_CASE("the sequential scan follows the recurrence written by hand", "[dim]")
   CHECK(y[0][0][0].item<double>() == Approx(3 * h1 + 0.1));
   CHECK(y[0][0][1].item<double>() == Approx(-1 * h2 + 0.2));
   CHECK(y[0][0][2].item<double>() == Approx(0.5 * h3 - 0.1));
-  CHECK_THROWS_AS(selective_scan(u, delta, A, B.view({1, 3, 1}), C, D), ShapeError);
+  CHECK_THROWS_AS(selective_scan_chunked(u, delta, A, B.view({1, 3, 1}), C, D), ShapeError);
+  CHECK_THROWS_AS(selective_scan_fused_cpu(u, delta, A, B.view({1, 3, 1}), C, D), ShapeError);
+}
+
+TEST_CASE("the fused CPU scan equals the sequential definition, values and gradients", "[dim]") {
+  torch::manual_seed(11);
+  // Channel counts below, at and above the thread count (the backward splits channels into
+  // per-thread blocks and sums their B and C gradients), a batch of 1 and of 3, large delta.
+  for (const auto& [batch, channels, length, delta_scale] :
+       {std::tuple<int64_t, int64_t, int64_t, double>{1, 1, 1, 1.0}, {3, 5, 37, 1.0},
+        {2, 2, 64, 0.05}, {1, 9, 50, 20.0}}) {
+    auto in = random_inputs(batch, channels, length, 4, delta_scale);
+    in.A = (in.A * (1 + 0.3 * at::rand(in.A.sizes()))).detach().requires_grad_(true);  // not 1..n
+    in.D = (at::randn({channels})).requires_grad_(true);
+    auto reference = selective_scan_sequential(in.u, in.delta, in.A, in.B, in.C, in.D);
+    auto fused = selective_scan_fused_cpu(in.u, in.delta, in.A, in.B, in.C, in.D);
+    CAPTURE(batch, channels, length, delta_scale);
+    REQUIRE(fused.sizes() == reference.sizes());
+    CHECK((fused - reference).abs().max().item<double>() < 1e-5 * (1 + reference.abs().max().item<double>()));
+    auto weight = at::randn(reference.sizes());
+    auto g_reference = gradients(reference, in, weight), g_fused = gradients(fused, in, weight);
+    for (size_t i = 0; i < g_reference.size(); ++i) {
+      CAPTURE(i);
+      REQUIRE(g_fused[i].sizes() == g_reference[i].sizes());
+      const double scale = 1 + g_reference[i].abs().max().item<double>();
+      CHECK((g_fused[i] - g_reference[i]).abs().max().item<double>() < 1e-5 * scale);
+    }
+  }
+}
+
+TEST_CASE("the fused scan's hand-written gradients match finite differences in float64", "[dim]") {
+  torch::manual_seed(3);
+  auto in = random_inputs(2, 3, 9, 3, 1.0);
+  for (auto* t : {&in.u, &in.delta, &in.A, &in.B, &in.C, &in.D}) {
+    *t = t->detach().to(at::kDouble).requires_grad_(true);
+  }
+  auto weight = at::randn({2, 3, 9}, at::kDouble);
+  auto loss = [&](const ScanInputs& x) {
+    return (selective_scan_fused_cpu(x.u, x.delta, x.A, x.B, x.C, x.D) * weight).sum().item<double>();
+  };
+  const auto analytic = gradients(selective_scan_fused_cpu(in.u, in.delta, in.A, in.B, in.C, in.D), in, weight);
+  const double eps = 1e-6;
+  auto inputs = in.all();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    auto flat = inputs[i].detach().view(-1);
+    for (int64_t j = 0; j < flat.numel(); ++j) {
+      const double saved = flat[j].item<double>();
+      flat[j] = saved + eps;
+      const double up = loss(in);
+      flat[j] = saved - eps;
+      const double down = loss(in);
+      flat[j] = saved;
+      CAPTURE(i, j);
+      CHECK(analytic[i].reshape(-1)[j].item<double>() == Approx((up - down) / (2 * eps)).epsilon(1e-6).margin(1e-8));
+    }
+  }
+}
+
+TEST_CASE("the fused scan keeps its inputs' dtypes and the mixer's scan takes it on CPUs", "[dim]") {
+  auto in = random_inputs(2, 4, 12, 4, 1.0);
+  auto half_u = in.u.detach().to(at::kBFloat16).requires_grad_(true);
+  auto y = selective_scan_fused_cpu(half_u, in.delta, in.A, in.B, in.C, in.D);
+  CHECK(y.scalar_type() == at::kBFloat16);
+  auto grads = torch::autograd::grad({y.to(at::kFloat).sum()}, {half_u, in.delta});
+  CHECK(grads[0].scalar_type() == at::kBFloat16);
+  CHECK(grads[1].scalar_type() == at::kFloat);
+  // A NaN step size stays NaN (the fused scan's exp is its own arithmetic), from its position on,
+  // so that the trainer's finiteness check sees it; the positions before stay finite.
+  auto broken = in.delta.detach().clone();
+  broken[1][2][5] = std::numeric_limits<float>::quiet_NaN();
+  auto y_broken = selective_scan_fused_cpu(in.u, broken, in.A, in.B, in.C, in.D).detach();
+  CHECK(at::isnan(y_broken[1][2].narrow(0, 5, 7)).all().item<bool>());
+  CHECK(at::isfinite(y_broken[1][2].narrow(0, 0, 5)).all().item<bool>());
+  CHECK(at::isfinite(y_broken[0]).all().item<bool>());
+  // selective_scan dispatches to the fused loops here: bitwise the same numbers.
+  CHECK(at::equal(selective_scan(in.u, in.delta, in.A, in.B, in.C, in.D),
+                  selective_scan_fused_cpu(in.u, in.delta, in.A, in.B, in.C, in.D)));
 }

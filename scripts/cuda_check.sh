@@ -70,7 +70,9 @@ for spec in "DiT-XL/2 64" "DiT-B/2 256" "DiT-S/2 256"; do
   bench "pytorch-eager $1 b$2" 90 python3 $ref --model "$1" --batch "$2" --steps 10 --warmup 3 --device cuda --precision bf16
 done
 bench "pytorch-compile DiT-B/2 b256" 150 python3 $ref --model DiT-B/2 --batch 256 --steps 10 --warmup 3 --device cuda --precision bf16 --compile
-want extra && bench "ditlab DiT-XL/2 b64 fp32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
+want extra && bench "ditlab DiT-XL/2 b64 fp32 tf32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32
+want extra && bench "ditlab DiT-XL/2 b64 fp32 no-tf32" 60 "$dit" bench --model DiT-XL/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision fp32 train.tf32=false
+want extra && bench "ditlab DiM-S/2 b64" 90 "$dit" bench --model DiM-S/2 --batch 64 --steps 5 --warmup 2 --device cuda --precision bf16
 want extra && bench "ditlab DiT-XL/2 b256 checkpointed" 90 "$dit" bench --model DiT-XL/2 --batch 256 --steps 3 --warmup 1 --device cuda --precision bf16 model.checkpoint_blocks=true
 want extra && bench "ditlab sample DiT-XL/2 b64" 60 "$dit" bench --sample --model DiT-XL/2 --batch 64 --steps 1 --device cuda sample.steps=50
 cat "$out/bench.jsonl" >>"$out/summary.txt" 2>/dev/null

@@ -1,6 +1,5 @@
 #include "trainers/experiment.h"
 
-#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <unistd.h>
@@ -70,8 +69,7 @@ void apply_compute_settings(const TrainConfig& train) {
   if (train.threads > 0) at::set_num_threads(static_cast<int>(train.threads));
   // PyTorch's default since 1.12 is full float32 products on CUDA (cuDNN's convolutions already
   // allow TF32); DiT's scripts turn both on, and so does ditlab unless train.tf32 is false.
-  at::globalContext().setAllowTF32CuBLAS(train.tf32);
-  at::globalContext().setAllowTF32CuDNN(train.tf32);
+  compat::set_cuda_tf32(train.tf32);
 }
 
 RankContext join_job(const TrainConfig& train) {
@@ -187,7 +185,7 @@ void write_run_metadata(const std::string& run_dir, const ExperimentConfig& conf
   info += "host: \"" + std::string(host) + "\"\n";
   info += "device: \"" + device.str() + "\"\n";
   info += "threads: " + std::to_string(at::get_num_threads()) + "\n";
-  info += std::string("cuda_tf32: ") + (at::globalContext().allowTF32CuBLAS() ? "true" : "false") + "\n";
+  info += std::string("cuda_tf32: ") + (compat::cuda_tf32() ? "true" : "false") + "\n";
   const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
   info += "openblas_coretype: \"" + std::string(blas_core ? blas_core : "auto") + "\"\n";
   info += "started: \"" + std::string(date) + "\"\n";

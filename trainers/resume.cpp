@@ -13,7 +13,8 @@ bool free_on_resume(const std::string& key) {
       "train.max_bad_steps", "data.prefetch", "checkpoint.every", "checkpoint.keep",
       "checkpoint.keep_every", "run.dir", "train.dist_backend", "train.dist_timeout_s",
       "train.grad_bucket_mb", "train.grad_reduce_overlap",  // not grad_reduce_dtype: bf16 sums round
-      "train.init_from", "train.peak_tflops"};  // a resumed run takes its weights from the checkpoint
+      "train.init_from", "train.peak_tflops",
+      "train.tf32"};  // like train.device: the same products, rounded otherwise  // a resumed run takes its weights from the checkpoint
   for (const auto& k : kFree) {
     if (key == k) return true;
   }

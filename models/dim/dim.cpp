@@ -223,8 +223,7 @@ at::Tensor DiM::embed(const at::Tensor& x, const at::Tensor& t, const at::Tensor
 at::Tensor DiM::run_block(int64_t i, const at::Tensor& r, const at::Tensor& c3) {
   auto* block = blocks->ptr(i)->as<DiMBlockImpl>();
   if (options_.checkpoint_blocks && is_training()) {
-    // On GPUs the chunked selective scan keeps [batch, 2D, L, 16] state tensors per block for
-    // backward, far more than attention's activations.
+    // Keeps each block's inputs only; backward runs the block again.
     return checkpointed([block](const std::vector<at::Tensor>& in) {
       return block->forward(in[0], in[1], in[2], in[3]);
     }, {r, c3, orders_[i], inverses_[i]});

@@ -1,6 +1,7 @@
 #include "models/dim/selective_scan.h"
 
 #include <ATen/ATen.h>
+#include <torch/autograd.h>
 
 #include <vector>
 
@@ -45,44 +46,110 @@ at::Tensor selective_scan_sequential(const at::Tensor& u_in, const at::Tensor& d
   return y.to(u_in.scalar_type());
 }
 
-at::Tensor selective_scan_chunked(const at::Tensor& u_in, const at::Tensor& delta_in,
-                                  const at::Tensor& A, const at::Tensor& B_in,
-                                  const at::Tensor& C_in, const at::Tensor& D, int64_t chunk) {
-  check_selective_scan_shapes(u_in, delta_in, A, B_in, C_in, D);
-  DITLAB_ASSERT(chunk >= 1, "chunk must be positive");
-  auto u = u_in.to(at::kFloat), delta = delta_in.to(at::kFloat);
-  const int64_t batch = u.size(0), d = u.size(1), length = u.size(2), n = A.size(1);
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// h_l = a_l h_{l-1} + b_l along dim 2 of [batch, d, L, n] tensors, starting from h = 0: within
+// chunks of `chunk` positions an inclusive Hillis-Steele scan of the pairs (a, b), log2(chunk)
+// whole-tensor steps, then the state entering each chunk, chunk by chunk (L / chunk small steps).
+// Every factor is a product of the a's, so nothing overflows where the a's are at most 1.
+at::Tensor linear_recurrence(at::Tensor a, at::Tensor b, int64_t chunk) {
+  const int64_t batch = a.size(0), d = a.size(1), length = a.size(2), n = a.size(3);
   const int64_t chunks = (length + chunk - 1) / chunk, padded = chunks * chunk;
-  // Per position: a = exp(delta A), b = delta B u, laid out [b, d, L, n]. Padding positions get
-  // a = 1, b = 0 (they carry the state unchanged) and are cut off at the end.
-  auto a = at::exp(delta.unsqueeze(-1) * A.to(at::kFloat).view({1, d, 1, n}));
-  auto b = (delta * u).unsqueeze(-1) * B_in.to(at::kFloat).transpose(1, 2).unsqueeze(1);
+  // Padding positions get a = 1, b = 0: they carry the state unchanged, and are cut off at the end.
   if (padded != length) {
     a = at::constant_pad_nd(a, {0, 0, 0, padded - length}, 1.0);
     b = at::constant_pad_nd(b, {0, 0, 0, padded - length}, 0.0);
   }
-  a = a.view({batch, d, chunks, chunk, n});
-  b = b.view({batch, d, chunks, chunk, n});
-  // Inclusive scan within every chunk at once: after it, (a_l, b_l) maps the state before the
-  // chunk to the state at position l.
+  a = a.reshape({batch, d, chunks, chunk, n});
+  b = b.reshape({batch, d, chunks, chunk, n});
+  // After this, (a_l, b_l) maps the state before the chunk to the state at position l.
   for (int64_t offset = 1; offset < chunk; offset *= 2) {
     auto a_prev = a.narrow(3, 0, chunk - offset), b_prev = b.narrow(3, 0, chunk - offset);
     auto a_cur = a.narrow(3, offset, chunk - offset), b_cur = b.narrow(3, offset, chunk - offset);
     b = at::cat({b.narrow(3, 0, offset), a_cur * b_prev + b_cur}, 3);
     a = at::cat({a.narrow(3, 0, offset), a_cur * a_prev}, 3);
   }
-  // The state entering each chunk, chunk by chunk.
   std::vector<at::Tensor> carries;
-  auto carry = at::zeros({batch, d, n}, u.options());
+  auto carry = at::zeros({batch, d, n}, a.options());
   for (int64_t c = 0; c < chunks; ++c) {
     carries.push_back(carry);
     carry = a.select(2, c).select(2, chunk - 1) * carry + b.select(2, c).select(2, chunk - 1);
   }
-  auto entering = at::stack(carries, 2).unsqueeze(3);              // [b, d, chunks, 1, n]
-  auto h = (a * entering + b).view({batch, d, padded, n}).narrow(2, 0, length);
-  auto y = (h * C_in.to(at::kFloat).transpose(1, 2).unsqueeze(1)).sum(-1);  // [b, d, L]
-  y = y + D.to(at::kFloat).view({1, -1, 1}) * u;
-  return y.to(u_in.scalar_type());
+  auto entering = at::stack(carries, 2).unsqueeze(3);  // [b, d, chunks, 1, n]
+  return (a * entering + b).view({batch, d, padded, n}).narrow(2, 0, length);
+}
+
+// The operands in float32, and the per-position factors of the recurrence laid out
+// [b, d, L, n]: decay = exp(delta A), input = delta u B.
+struct ScanTerms {
+  at::Tensor u, delta, A, Bt, Ct, D;  // Bt, Ct: [b, 1, L, n]
+  at::Tensor decay, input;
+};
+ScanTerms scan_terms(const variable_list& in) {
+  ScanTerms t;
+  t.u = in[0].to(at::kFloat);
+  t.delta = in[1].to(at::kFloat);
+  t.A = in[2].to(at::kFloat);
+  t.Bt = in[3].to(at::kFloat).transpose(1, 2).unsqueeze(1);
+  t.Ct = in[4].to(at::kFloat).transpose(1, 2).unsqueeze(1);
+  t.D = in[5].to(at::kFloat);
+  t.decay = at::exp(t.delta.unsqueeze(-1) * t.A.view({1, t.A.size(0), 1, t.A.size(1)}));
+  t.input = (t.delta * t.u).unsqueeze(-1) * t.Bt;
+  return t;
+}
+
+// Autograd would keep every step of the chunked scan for backward (several [b, d, L, n] tensors
+// per block). This keeps only the inputs, and backward runs two recurrences of the same kind:
+// the states again, and the gradients from the end, g_l = dy_l C_l + a_{l+1} g_{l+1}.
+struct ChunkedScanFunction : public torch::autograd::Function<ChunkedScanFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& u, const at::Tensor& delta,
+                            const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+                            const at::Tensor& D, int64_t chunk) {
+    ctx->save_for_backward({u, delta, A, B, C, D});
+    ctx->saved_data["chunk"] = chunk;
+    const auto t = scan_terms({u, delta, A, B, C, D});
+    const auto h = linear_recurrence(t.decay, t.input, chunk);
+    return ((h * t.Ct).sum(-1) + t.D.view({1, -1, 1}) * t.u).to(u.scalar_type());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const auto t = scan_terms(saved);
+    const int64_t length = t.u.size(2);
+    const auto dy = grad_outputs[0].to(at::kFloat);
+    const auto h = linear_recurrence(t.decay, t.input, chunk);
+    // a_{l+1} for l < L-1; nothing reaches the last position from beyond it.
+    const auto next_decay = at::constant_pad_nd(t.decay.narrow(2, 1, length - 1), {0, 0, 0, 1}, 0.0);
+    const auto g = linear_recurrence(next_decay.flip(2), (dy.unsqueeze(-1) * t.Ct).flip(2), chunk).flip(2);
+    const auto h_before = at::constant_pad_nd(h.narrow(2, 0, length - 1), {0, 0, 1, 0}, 0.0);
+    const auto grad_decay_times_decay = g * h_before * t.decay;  // (d loss / d a_l) a_l
+    const auto g_dot_B = (g * t.Bt).sum(-1);                     // [b, d, L]
+    const std::vector<at::Tensor> grads{
+        t.D.view({1, -1, 1}) * dy + t.delta * g_dot_B,                                   // u
+        (grad_decay_times_decay * t.A.unsqueeze(1)).sum(-1) + t.u * g_dot_B,            // delta
+        (grad_decay_times_decay * t.delta.unsqueeze(-1)).sum(at::IntArrayRef{0, 2}),                    // A
+        (g * (t.delta * t.u).unsqueeze(-1)).sum(1).transpose(1, 2),                      // B
+        (h * dy.unsqueeze(-1)).sum(1).transpose(1, 2),                                   // C
+        (dy * t.u).sum(at::IntArrayRef{0, 2})};                                                         // D
+    variable_list out;
+    for (size_t i = 0; i < grads.size(); ++i) out.push_back(grads[i].to(saved[i].scalar_type()));
+    out.emplace_back();  // chunk
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor selective_scan_chunked(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                  const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
+                                  int64_t chunk) {
+  check_selective_scan_shapes(u, delta, A, B, C, D);
+  DITLAB_ASSERT(chunk >= 1, "chunk must be positive");
+  return ChunkedScanFunction::apply(u, delta, A, B, C, D, chunk);
 }
 
 }  // namespace ditlab

@@ -1,4 +1,4 @@
-// The selective state-space scan of Mamba (v1), as DiM uses it, in plain LibTorch ops:
+// The selective state-space scan of Mamba (v1), as DiM uses it:
 //   h_l = exp(delta_l * A) h_{l-1} + delta_l * B_l * u_l        (h: [batch, d, n] per position)
 //   y_l = <C_l, h_l> + D * u_l
 // Shapes follow mamba_ssm's selective_scan_fn: u, delta [b, d, L]; A [d, n]; B, C [b, n, L];
@@ -25,7 +25,10 @@ at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delt
 // pairs (a, b) of h_l = a_l h_{l-1} + b_l, log2(chunk) whole-tensor steps; then the chunk
 // carries are combined sequentially (L / chunk small steps). Every factor is a product of
 // exp(delta * A) <= 1, so nothing overflows whatever delta is (unlike cumulative sums of
-// delta * A in log space). Differentiable by autograd; computed in fp32. Any device.
+// delta * A in log space). Computed in fp32, on any device. An autograd Function that keeps
+// only its inputs for backward, where autograd through the scan's steps would keep several
+// [b, d, L, n] tensors per call: backward computes the states again and runs the gradients'
+// recurrence, g_l = dy_l C_l + exp(delta_{l+1} A) g_{l+1}, from the end with the same scan.
 at::Tensor selective_scan_chunked(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                   const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                   int64_t chunk = 16);

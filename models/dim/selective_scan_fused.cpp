@@ -1,7 +1,7 @@
 // The selective scan on CPUs as two loops over the sequence, one per (batch, channel) row, with
 // a backward written by hand. The chunked tensor-op scan materialises [b, d, L, n] tensors for
-// every step of its parallel prefix, and autograd keeps them all for backward; here the state of
-// one row (n numbers) stays in registers, forward keeps nothing but its inputs, and backward
+// every step of its parallel prefix; here the state of one row (n numbers) stays in a small
+// buffer that the cache holds, forward keeps nothing but its inputs, and backward
 // recomputes the row's states into a buffer of L x n numbers (23 KB for DiM-S at 256 px) before
 // running the recurrence of the gradients backwards:
 //   g_l = dy_l C_l + a_{l+1} g_{l+1}        (g_l = d loss / d h_l)
@@ -10,7 +10,8 @@
 //   d A += d a_l a_l delta_l,  d B_l += g_l delta_l u_l,  d u_l = sum_n g_l delta_l B_l + D dy_l,
 //   d C_l += dy_l h_l,  d D += dy_l u_l.
 // B and C are shared by all channels of a sample, so each thread sums its channels' share of
-// their gradients in a buffer of its own, added up at the end (no two threads write one number).
+// their gradients in a buffer of its own (threads x b x L x n numbers), added up at the end (no
+// two threads write one number).
 #include "models/dim/selective_scan.h"
 
 #include <ATen/ATen.h>
@@ -44,14 +45,15 @@ struct ScanOperands {
 // expf is a call it cannot, and the scan spends most of its time in exp): x = k ln2 + r with k the
 // nearest integer and |r| <= ln2/2 (ln2 in two parts, after Cody and Waite), exp(r) by Cephes'
 // polynomial for expf, 2^k written into the exponent bits. Within 2 ulp of expf where that is a
-// normal number; 0 below -87.3 (where expf is subnormal), inf from 88.4 on; NaN stays NaN. The
-// scan's arguments, delta A, are never positive. (This file is compiled with -fno-trapping-math,
-// without which GCC does not vectorise the clamps.)
+// normal number (from -87.3 on); subnormal or 0 below, 0 below -87.7; inf from 88.4 on; NaN stays
+// NaN. The scan's arguments, delta A, are never positive. (This file is compiled with
+// -fno-trapping-math, without which GCC does not vectorise the comparisons.)
 inline float exp_in_arithmetic(float x) {
   x = x < -88.0f ? -88.0f : x;  // k >= -127: 2^k is 0 or normal
   x = x > 89.0f ? 89.0f : x;    // k <= 128: 2^128 is inf
   const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  const float r = x - k * 0.693359375f + k * 2.12194440e-4f;  // NaN for a NaN x
+  const float k_finite = k == k ? k : 0.0f;  // converting NaN to an integer is undefined
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -59,7 +61,7 @@ inline float exp_in_arithmetic(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k) + 127) << 23;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(k_finite) + 127) << 23;
   float two_to_k;
   std::memcpy(&two_to_k, &bits, sizeof two_to_k);
   return p * two_to_k;
@@ -106,14 +108,15 @@ void scan_forward_rows(const ScanOperands<T>& s, T* y) {
 
 // One position of one row in reverse. In: carry = a_{l+1} g_{l+1} (the gradient reaching h_l
 // through h_{l+1}). Adds this position's shares to dA (the channel's row), dB and dC (the
-// position's n numbers in the thread's buffers), leaves carry = a_l g_l and g_l in `g`, and
+// position's n numbers in the thread's buffers; dA in double, as it sums batch x L terms one at a
+// time), leaves carry = a_l g_l and g_l in `g`, and
 // grad_decay_times_decay = (d loss / d a_l) a_l, for the sums over the states that follow.
 template <class T>
 inline void reverse_step(int64_t n, T grad_y, T dt, T dt_x, const T* __restrict C,
                          const T* __restrict h_before, const T* __restrict h_after,
                          const T* __restrict decay, T* __restrict carry, T* __restrict g,
-                         T* __restrict grad_decay_times_decay, T* __restrict dA, T* __restrict dB,
-                         T* __restrict dC) {
+                         T* __restrict grad_decay_times_decay, double* __restrict dA,
+                         T* __restrict dB, T* __restrict dC) {
   for (int64_t k = 0; k < n; ++k) {
     const T g_l = carry[k] + grad_y * C[k];
     const T gd = g_l * h_before[k] * decay[k];
@@ -147,12 +150,15 @@ void scan_backward_rows(const ScanOperands<T>& s, const T* dy, ScanGradients& g)
     // a[l n + k] = exp(delta_l A_k); h[(l + 1) n + k] the state after position l, h[k] = 0 the
     // state before the first.
     std::vector<T> a(s.length * s.n), h((s.length + 1) * s.n), carry(s.n), g_l(s.n), gd(s.n);
+    std::vector<double> dA_channel(s.n);
     for (int64_t block = block_begin; block < block_end; ++block) {
       const int64_t c_begin = block * s.d / blocks, c_end = (block + 1) * s.d / blocks;
       T* block_dB = pB + block * s.batch * s.length * s.n;
       T* block_dC = pC + block * s.batch * s.length * s.n;
       for (int64_t c = c_begin; c < c_end; ++c) {
         const T* A = s.A + c * s.n;
+        std::fill(dA_channel.begin(), dA_channel.end(), 0.0);
+        double dD_channel = 0;
         for (int64_t b = 0; b < s.batch; ++b) {
           const int64_t row = b * s.d + c;
           const T* u = s.u + row * s.length;
@@ -165,22 +171,22 @@ void scan_backward_rows(const ScanOperands<T>& s, const T* dy, ScanGradients& g)
                           h.data() + l * s.n, h.data() + (l + 1) * s.n);
           }
           std::fill(carry.begin(), carry.end(), T(0));  // nothing reaches past the end
-          T dD_row = 0;
           for (int64_t l = s.length - 1; l >= 0; --l) {
             const T dt = delta[l], x = u[l], grad_y = dy[row * s.length + l];
             const T* B = Bs + l * s.n;
             reverse_step(s.n, grad_y, dt, dt * x, Cs + l * s.n, h.data() + l * s.n,
                          h.data() + (l + 1) * s.n, a.data() + l * s.n, carry.data(), g_l.data(),
-                         gd.data(), dA + c * s.n, block_dB + (b * s.length + l) * s.n,
+                         gd.data(), dA_channel.data(), block_dB + (b * s.length + l) * s.n,
                          block_dC + (b * s.length + l) * s.n);
             // d delta_l = sum_k (d a_l a_l A + g_l B u),  d u_l = D dy_l + delta_l sum_k g_l B.
             const T g_dot_B = dot(s.n, g_l.data(), B);
             ddelta[row * s.length + l] = dot(s.n, gd.data(), A) + x * g_dot_B;
             du[row * s.length + l] = s.D[c] * grad_y + dt * g_dot_B;
-            dD_row += grad_y * x;
+            dD_channel += static_cast<double>(grad_y) * x;
           }
-          dD[c] += dD_row;
         }
+        for (int64_t k = 0; k < s.n; ++k) dA[c * s.n + k] = static_cast<T>(dA_channel[k]);
+        dD[c] = static_cast<T>(dD_channel);
       }
     }
   });

@@ -125,6 +125,19 @@ AutocastGuard::~AutocastGuard() {
   set_autocast_dtype(device_, previous_dtype_);
 }
 
+void set_cuda_tf32(bool on) {
+  static bool cudnn_turned_off = false;
+  at::globalContext().setAllowTF32CuBLAS(on);
+  if (on == cudnn_turned_off) {
+    at::globalContext().setAllowTF32CuDNN(on);
+    cudnn_turned_off = !on;
+  }
+}
+
+bool cuda_tf32() {
+  return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+}
+
 bool bf16_supported(const c10::Device& device) {
   return device.is_cuda();
 }

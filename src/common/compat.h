@@ -97,6 +97,14 @@ auto* optimizer_state_if_any(Optimizer& optimizer, const at::Tensor& parameter) 
 // matrix products are slower than fp32 there).
 bool bf16_supported(const c10::Device& device);
 
+// TF32 tensor cores for float32 matrix products (cuBLAS) and convolutions (cuDNN) on CUDA
+// (train.tf32). Switched through the calls that exist from 1.13 on; LibTorch 2.9 replaced them
+// with per-backend fp32 precisions and warns once when setAllowTF32CuDNN is called, so cuDNN's
+// switch (on by default) is touched only to turn it off and back.
+void set_cuda_tf32(bool on);
+// Whether float32 matrix products on CUDA may use TF32.
+bool cuda_tf32();
+
 // The GPU's name ("NVIDIA H100 80GB HBM3"); "cuda" in builds without CUDA.
 std::string device_name(const c10::Device& device);
 

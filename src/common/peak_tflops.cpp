@@ -38,7 +38,11 @@ double gpu_peak_tflops(const std::string& name, bool bf16) {
 }
 
 double default_peak_tflops(const c10::Device& device, bool bf16) {
-  if (device.is_cuda()) return gpu_peak_tflops(device_display_name(device), bf16);  // 0: no MFU unless given
+  if (device.is_cuda()) {  // 0: no MFU unless given
+    const std::string name = device_display_name(device);
+    if (!bf16 && compat::cuda_tf32()) return gpu_peak_tflops(name, true) / 2;  // NVIDIA's dense TF32
+    return gpu_peak_tflops(name, bf16);
+  }
   torch::NoGradGuard no_grad;
   const int64_t n = 1024;
   at::Generator generator = at::detail::createCPUGenerator(0);

@@ -5,6 +5,7 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
+#include "src/common/compat.h"
 #include "src/common/error.h"
 #include "trainers/experiment.h"
 
@@ -46,13 +47,14 @@ TEST_CASE("the compute settings set LibTorch's threads and its CUDA TF32 switche
   train.tf32 = false;
   apply_compute_settings(train);
   CHECK(at::get_num_threads() == 1);
-  CHECK_FALSE(at::globalContext().allowTF32CuBLAS());
+  CHECK_FALSE(compat::cuda_tf32());
+  CHECK(at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST);
   CHECK_FALSE(at::globalContext().allowTF32CuDNN());
   train.threads = 0;  // keeps the current count
   train.tf32 = true;
   apply_compute_settings(train);
   CHECK(at::get_num_threads() == 1);
-  CHECK(at::globalContext().allowTF32CuBLAS());
+  CHECK(compat::cuda_tf32());
   CHECK(at::globalContext().allowTF32CuDNN());
   at::set_num_threads(threads_before);
 }

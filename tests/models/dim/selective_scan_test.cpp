@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/autograd.h>
 
 #include <limits>
@@ -78,6 +79,9 @@ TEST_CASE("the sequential scan follows the recurrence written by hand", "[dim]")
 
 TEST_CASE("the fused CPU scan equals the sequential definition, values and gradients", "[dim]") {
   torch::manual_seed(11);
+  // ctest runs every case on one thread; the backward's per-thread channel blocks need several.
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(3);
   // Channel counts below, at and above the thread count (the backward splits channels into
   // per-thread blocks and sums their B and C gradients), a batch of 1 and of 3, large delta.
   for (const auto& [batch, channels, length, delta_scale] :
@@ -100,6 +104,7 @@ TEST_CASE("the fused CPU scan equals the sequential definition, values and gradi
       CHECK((g_fused[i] - g_reference[i]).abs().max().item<double>() < 1e-5 * scale);
     }
   }
+  at::set_num_threads(threads_before);
 }
 
 TEST_CASE("the fused scan's hand-written gradients match finite differences in float64", "[dim]") {
@@ -146,6 +151,13 @@ TEST_CASE("the fused scan keeps its inputs' dtypes and the mixer's scan takes it
   CHECK(at::isnan(y_broken[1][2].narrow(0, 5, 7)).all().item<bool>());
   CHECK(at::isfinite(y_broken[1][2].narrow(0, 0, 5)).all().item<bool>());
   CHECK(at::isfinite(y_broken[0]).all().item<bool>());
+  // A NaN in A reaches the output only through exp(delta A) (the input term delta u B stays
+  // finite): every output of its channel is NaN, the other channels' are not.
+  auto broken_A = in.A.detach().clone();
+  broken_A[2][1] = std::numeric_limits<float>::quiet_NaN();
+  auto y_broken_A = selective_scan_fused_cpu(in.u, in.delta, broken_A, in.B, in.C, in.D).detach();
+  CHECK(at::isnan(y_broken_A.select(1, 2)).all().item<bool>());
+  CHECK(at::isfinite(y_broken_A.select(1, 1)).all().item<bool>());
   // selective_scan dispatches to the fused loops here: bitwise the same numbers.
   CHECK(at::equal(selective_scan(in.u, in.delta, in.A, in.B, in.C, in.D),
                   selective_scan_fused_cpu(in.u, in.delta, in.A, in.B, in.C, in.D)));

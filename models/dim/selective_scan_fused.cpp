@@ -234,8 +234,8 @@ struct FusedScanFunction : public torch::autograd::Function<FusedScanFunction> {
     ScanGradients g;
     g.u = at::empty(t[0].sizes(), t[0].options());
     g.delta = at::empty(t[1].sizes(), t[1].options());
-    g.A = at::zeros(t[2].sizes(), t[2].options());
-    g.D = at::zeros(t[5].sizes(), t[5].options());
+    g.A = at::empty(t[2].sizes(), t[2].options());  // every channel's row is written once
+    g.D = at::empty(t[5].sizes(), t[5].options());
     AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "selective_scan_fused_backward", [&] {
       scan_backward_rows(operands_of<scalar_t>(t), dy.data_ptr<scalar_t>(), g);
     });

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares .deps/ on this (Debian 12) machine for the CUDA build on a GPU machine that lacks the
 # Debian packages (../shared/cuda-build.md): yaml-cpp, spdlog, fmt, Catch2 and zlib unpacked into
-# .deps/root, and Fashion-MNIST's test split into .deps/data/fashion-mnist for the GPU runs of
-# scripts/cuda_check.sh. About 12 MB; the device tool carries it with carry: [".deps"].
+# .deps/root, and Fashion-MNIST into .deps/data/fashion-mnist for the GPU runs and the tests of
+# scripts/cuda_check.sh. About 43 MB; the device tool carries it with carry: [".deps"].
 #
 #   bash scripts/prepare_deps.sh        (then: echo /.deps/ >> .git/info/exclude, if not ignored)
 set -euo pipefail
@@ -13,7 +13,7 @@ mkdir -p .deps/debs .deps/root .deps/data/fashion-mnist
 for deb in .deps/debs/*.deb; do dpkg -x "$deb" .deps/root; done
 rm -rf .deps/debs
 source_data=/usr/share/datasets/fashion-mnist
-for f in t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
+for f in {t10k,train}-{images-idx3,labels-idx1}-ubyte.gz; do
   [[ -f $source_data/$f ]] || { echo "prepare_deps: $source_data/$f is missing (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
   cp "$source_data/$f" .deps/data/fashion-mnist/
 done

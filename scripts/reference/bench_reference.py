@@ -195,6 +195,7 @@ def main():
                images_per_s=a.batch / (med / 1e3), step_ms_median=med, step_ms_min=min(times),
                step_ms_max=max(times),
                peak_memory_mb=(torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda" else None),
+               peak_reserved_mb=(torch.cuda.max_memory_reserved(device) / 1e6 if device.type == "cuda" else None),
                aten_ops_per_step=ops_per_step, torch=torch.__version__)
     print(json.dumps(rec), flush=True)
 

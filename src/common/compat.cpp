@@ -173,6 +173,16 @@ int64_t peak_memory_bytes(const c10::Device& device) {
   return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // kilobytes on Linux
 }
 
+int64_t peak_reserved_memory_bytes(const c10::Device& device) {
+#ifdef DITLAB_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+    return stats.reserved_bytes[0].peak;  // index 0: StatType::AGGREGATE (all pools)
+  }
+#endif
+  return -1;
+}
+
 void reset_peak_memory(const c10::Device& device) {
 #ifdef DITLAB_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);

@@ -120,6 +120,9 @@ void synchronize(const c10::Device& device);
 // allocator's peak of allocated bytes); on CPUs, the process's peak resident set, which cannot
 // be reset and includes everything the process ever touched.
 int64_t peak_memory_bytes(const c10::Device& device);
+// On CUDA, the caching allocator's peak of reserved bytes (its segments, a CUDA graph's private
+// pool included) since reset_peak_memory(); -1 on CPUs.
+int64_t peak_reserved_memory_bytes(const c10::Device& device);
 void reset_peak_memory(const c10::Device& device);
 
 }  // namespace ditlab::compat

@@ -40,6 +40,8 @@ TEST_CASE("dit bench times training steps and sampling and prints one JSON line"
                           "peak_tflops", "mfu", "peak_memory_mb", "gmacs_per_image"}) {
     CHECK(json_number(train, key) > 0);
   }
+  // The reserved peak is the CUDA allocator's; a CPU has none.
+  CHECK_THAT(train, Catch::Contains("\"peak_memory_kind\": \"cpu_max_rss\", \"peak_reserved_mb\": null"));
   CHECK(json_number(train, "step_ms_min") <= json_number(train, "step_ms_median"));
   CHECK(json_number(train, "step_ms_median") <= json_number(train, "step_ms_max"));
   // images/s and TFLOP/s follow from the median step and 6 x MACs per image.

@@ -2,7 +2,7 @@
 # Prepares .deps/ on this (Debian 12) machine for the CUDA build on a GPU machine that lacks the
 # Debian packages (../shared/cuda-build.md): yaml-cpp, spdlog, fmt, Catch2 and zlib unpacked into
 # .deps/root, and Fashion-MNIST into .deps/data/fashion-mnist for the GPU runs and the tests of
-# scripts/cuda_check.sh. About 43 MB; the device tool carries it with carry: [".deps"].
+# scripts/cuda_check.sh. About 40 MB; the device tool carries it with carry: [".deps"].
 #
 #   bash scripts/prepare_deps.sh        (then: echo /.deps/ >> .git/info/exclude, if not ignored)
 set -euo pipefail

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "src/common/error.h"
@@ -51,35 +52,68 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// h_l = a_l h_{l-1} + b_l along dim 2 of [batch, d, L, n] tensors, starting from h = 0: within
-// chunks of `chunk` positions an inclusive Hillis-Steele scan of the pairs (a, b), log2(chunk)
-// whole-tensor steps, then the state entering each chunk, chunk by chunk (L / chunk small steps).
-// Every factor is a product of the a's, so nothing overflows where the a's are at most 1.
-at::Tensor linear_recurrence(at::Tensor a, at::Tensor b, int64_t chunk) {
+// h_l = a_l h_{l-1} + b_l along dim 2 of [batch, d, L, n] tensors, starting from h = 0 (with
+// `reverse`, from the end: h_l = a_l h_{l+1} + b_l). With `readout` ([batch, 1, L, n]) it
+// returns sum_n h_l readout_l ([batch, d, L]) without keeping the states. Blocked, so that each
+// pass over the data is a few large elementwise operations and the [batch, d, L, n] tensors are
+// read and written as few times as possible (on a GPU the scan is bound by memory traffic):
+//   1. within each chunk of `chunk` positions, all chunks at once, one position at a time: the
+//      chunk's own end state (from 0) and the product of its a's;
+//   2. chunk by chunk, the state entering each chunk;
+//   3. within each chunk again, all chunks at once, the states from the entering one.
+// That reads b twice and a three times and writes h once, where a Hillis-Steele scan inside the
+// chunks makes about five whole-tensor passes per doubling of the span. Every factor is a
+// product of the a's, so nothing overflows where the a's are at most 1.
+at::Tensor linear_recurrence(at::Tensor a, at::Tensor b, int64_t chunk, bool reverse = false,
+                             at::Tensor readout = {}) {
   const int64_t batch = a.size(0), d = a.size(1), length = a.size(2), n = a.size(3);
+  chunk = std::min(chunk, length);
   const int64_t chunks = (length + chunk - 1) / chunk, padded = chunks * chunk;
-  // Padding positions get a = 1, b = 0: they carry the state unchanged, and are cut off at the end.
+  // Padding positions get a = 1, b = 0. They sit at the end: going forward they carry the state
+  // past the end unchanged; going backward they come first and leave the zero state at zero.
   if (padded != length) {
     a = at::constant_pad_nd(a, {0, 0, 0, padded - length}, 1.0);
     b = at::constant_pad_nd(b, {0, 0, 0, padded - length}, 0.0);
+    if (readout.defined()) readout = at::constant_pad_nd(readout, {0, 0, 0, padded - length}, 0.0);
   }
   a = a.reshape({batch, d, chunks, chunk, n});
   b = b.reshape({batch, d, chunks, chunk, n});
-  // After this, (a_l, b_l) maps the state before the chunk to the state at position l.
-  for (int64_t offset = 1; offset < chunk; offset *= 2) {
-    auto a_prev = a.narrow(3, 0, chunk - offset), b_prev = b.narrow(3, 0, chunk - offset);
-    auto a_cur = a.narrow(3, offset, chunk - offset), b_cur = b.narrow(3, offset, chunk - offset);
-    b = at::cat({b.narrow(3, 0, offset), a_cur * b_prev + b_cur}, 3);
-    a = at::cat({a.narrow(3, 0, offset), a_cur * a_prev}, 3);
+  auto position = [&](int64_t i) { return reverse ? chunk - 1 - i : i; };  // i-th step of a chunk
+
+  auto end_state = b.select(3, position(0)).clone();  // [b, d, chunks, n]
+  for (int64_t i = 1; i < chunk; ++i) {
+    end_state = at::addcmul(b.select(3, position(i)), a.select(3, position(i)), end_state);
   }
-  std::vector<at::Tensor> carries;
-  auto carry = at::zeros({batch, d, n}, a.options());
-  for (int64_t c = 0; c < chunks; ++c) {
-    carries.push_back(carry);
-    carry = a.select(2, c).select(2, chunk - 1) * carry + b.select(2, c).select(2, chunk - 1);
+  const auto decay = a.prod(3);  // [b, d, chunks, n]
+
+  auto entering = at::empty_like(end_state);
+  auto state = at::zeros({batch, d, n}, a.options());
+  for (int64_t j = 0; j < chunks; ++j) {
+    const int64_t c = reverse ? chunks - 1 - j : j;
+    entering.select(2, c).copy_(state);
+    state = at::addcmul(end_state.select(2, c), decay.select(2, c), state);
   }
-  auto entering = at::stack(carries, 2).unsqueeze(3);  // [b, d, chunks, 1, n]
-  return (a * entering + b).view({batch, d, padded, n}).narrow(2, 0, length);
+
+  if (readout.defined()) {
+    readout = readout.reshape({batch, readout.size(1), chunks, chunk, n});
+    auto y = at::empty({batch, d, chunks, chunk}, b.options());
+    at::Tensor previous = entering;
+    for (int64_t i = 0; i < chunk; ++i) {
+      const int64_t p = position(i);
+      previous = at::addcmul(b.select(3, p), a.select(3, p), previous);
+      auto out = y.select(3, p);
+      at::sum_out(out, previous * readout.select(3, p), at::IntArrayRef{-1});
+    }
+    return y.view({batch, d, padded}).narrow(2, 0, length);
+  }
+  auto h = at::empty({batch, d, chunks, chunk, n}, b.options());
+  at::Tensor previous = entering;
+  for (int64_t i = 0; i < chunk; ++i) {
+    auto out = h.select(3, position(i));
+    at::addcmul_out(out, b.select(3, position(i)), a.select(3, position(i)), previous);
+    previous = out;
+  }
+  return h.view({batch, d, padded, n}).narrow(2, 0, length);
 }
 
 // The operands in float32, and the per-position factors of the recurrence laid out
@@ -111,8 +145,8 @@ struct ChunkedScanFunction : public torch::autograd::Function<ChunkedScanFunctio
     ctx->save_for_backward({u, delta, A, B, C, D});
     ctx->saved_data["chunk"] = chunk;
     const auto t = scan_terms({u, delta, A, B, C, D});
-    const auto h = linear_recurrence(t.decay, t.input, chunk);
-    return ((h * t.Ct).sum(-1) + t.D.view({1, -1, 1}) * t.u).to(u.scalar_type());
+    const auto y = linear_recurrence(t.decay, t.input, chunk, /*reverse=*/false, /*readout=*/t.Ct);
+    return (y + t.D.view({1, -1, 1}) * t.u).to(u.scalar_type());
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -124,7 +158,7 @@ struct ChunkedScanFunction : public torch::autograd::Function<ChunkedScanFunctio
     const auto h = linear_recurrence(t.decay, t.input, chunk);
     // a_{l+1} for l < L-1; nothing reaches the last position from beyond it.
     const auto next_decay = at::constant_pad_nd(t.decay.narrow(2, 1, length - 1), {0, 0, 0, 1}, 0.0);
-    const auto g = linear_recurrence(next_decay.flip(2), (dy.unsqueeze(-1) * t.Ct).flip(2), chunk).flip(2);
+    const auto g = linear_recurrence(next_decay, dy.unsqueeze(-1) * t.Ct, chunk, /*reverse=*/true);
     const auto h_before = at::constant_pad_nd(h.narrow(2, 0, length - 1), {0, 0, 1, 0}, 0.0);
     const auto grad_decay_times_decay = g * h_before * t.decay;  // (d loss / d a_l) a_l
     const auto g_dot_B = (g * t.Bt).sum(-1);                     // [b, d, L]

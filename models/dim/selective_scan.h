@@ -21,9 +21,11 @@ at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delt
                                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                                      const at::Tensor& D);
 
-// Chunked: within chunks of `chunk` positions an associative (Hillis-Steele) scan over the
-// pairs (a, b) of h_l = a_l h_{l-1} + b_l, log2(chunk) whole-tensor steps; then the chunk
-// carries are combined sequentially (L / chunk small steps). Every factor is a product of
+// Chunked: h_l = a_l h_{l-1} + b_l in chunks of `chunk` positions, all chunks at once, one
+// position at a time: each chunk's end state and decay, then the states entering the chunks
+// (L / chunk small steps), then the states, reading the [b, d, L, n] factors two or three
+// times and writing the states once (about 2 x chunk + L / chunk elementwise calls); forward
+// takes each position's output as it goes instead of keeping the states. Every factor is a product of
 // exp(delta * A) <= 1, so nothing overflows whatever delta is (unlike cumulative sums of
 // delta * A in log space). Computed in fp32, on any device. An autograd Function that keeps
 // only its inputs for backward, where autograd through the scan's steps would keep several

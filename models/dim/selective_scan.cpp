@@ -54,20 +54,23 @@ using torch::autograd::variable_list;
 
 // h_l = a_l h_{l-1} + b_l along dim 2 of [batch, d, L, n] tensors, starting from h = 0 (with
 // `reverse`, from the end: h_l = a_l h_{l+1} + b_l). With `readout` ([batch, 1, L, n]) it
-// returns sum_n h_l readout_l ([batch, d, L]) without keeping the states. Blocked, so that each
+// returns sum_n h_l readout_l ([batch, d, L]) without keeping the states (readout may also be
+// [batch, d, L, n]). Blocked, so that each
 // pass over the data is a few large elementwise operations and the [batch, d, L, n] tensors are
 // read and written as few times as possible (on a GPU the scan is bound by memory traffic):
 //   1. within each chunk of `chunk` positions, all chunks at once, one position at a time: the
 //      chunk's own end state (from 0) and the product of its a's;
 //   2. chunk by chunk, the state entering each chunk;
-//   3. within each chunk again, all chunks at once, the states from the entering one.
-// That reads b twice and a three times and writes h once, where a Hillis-Steele scan inside the
-// chunks makes about five whole-tensor passes per doubling of the span. Every factor is a
+//   3. within each chunk again, all chunks at once, the states from the entering one (or, with
+//      `readout`, each position's output, the states dropped as it goes).
+// That reads b twice and a three times and writes h once (not at all with `readout`), where a
+// Hillis-Steele scan inside the chunks makes about five whole-tensor passes per doubling of the
+// span; a length that is not a multiple of `chunk` costs one padded copy of a and b. Every factor is a
 // product of the a's, so nothing overflows where the a's are at most 1.
 at::Tensor linear_recurrence(at::Tensor a, at::Tensor b, int64_t chunk, bool reverse = false,
                              at::Tensor readout = {}) {
   const int64_t batch = a.size(0), d = a.size(1), length = a.size(2), n = a.size(3);
-  chunk = std::min(chunk, length);
+  chunk = std::max<int64_t>(1, std::min(chunk, length));
   const int64_t chunks = (length + chunk - 1) / chunk, padded = chunks * chunk;
   // Padding positions get a = 1, b = 0. They sit at the end: going forward they carry the state
   // past the end unchanged; going backward they come first and leave the zero state at zero.
@@ -127,8 +130,10 @@ ScanTerms scan_terms(const variable_list& in) {
   t.u = in[0].to(at::kFloat);
   t.delta = in[1].to(at::kFloat);
   t.A = in[2].to(at::kFloat);
-  t.Bt = in[3].to(at::kFloat).transpose(1, 2).unsqueeze(1);
-  t.Ct = in[4].to(at::kFloat).transpose(1, 2).unsqueeze(1);
+  // [b, L, n] laid out with n innermost, so that the [b, d, L, n] products below are too: the
+  // recurrence reads them one position at a time, n values together.
+  t.Bt = in[3].to(at::kFloat).transpose(1, 2).contiguous().unsqueeze(1);
+  t.Ct = in[4].to(at::kFloat).transpose(1, 2).contiguous().unsqueeze(1);
   t.D = in[5].to(at::kFloat);
   t.decay = at::exp(t.delta.unsqueeze(-1) * t.A.view({1, t.A.size(0), 1, t.A.size(1)}));
   t.input = (t.delta * t.u).unsqueeze(-1) * t.Bt;

@@ -24,13 +24,15 @@ at::Tensor selective_scan_sequential(const at::Tensor& u, const at::Tensor& delt
 // Chunked: h_l = a_l h_{l-1} + b_l in chunks of `chunk` positions, all chunks at once, one
 // position at a time: each chunk's end state and decay, then the states entering the chunks
 // (L / chunk small steps), then the states, reading the [b, d, L, n] factors two or three
-// times and writing the states once (about 2 x chunk + L / chunk elementwise calls); forward
-// takes each position's output as it goes instead of keeping the states. Every factor is a product of
+// times and writing the states once (about 2 x chunk + 2 x L / chunk elementwise calls, each
+// over 1 / chunk of the data); forward takes each position's output as it goes instead of
+// keeping the states. Every factor is a product of
 // exp(delta * A) <= 1, so nothing overflows whatever delta is (unlike cumulative sums of
 // delta * A in log space). Computed in fp32, on any device. An autograd Function that keeps
 // only its inputs for backward, where autograd through the scan's steps would keep several
 // [b, d, L, n] tensors per call: backward computes the states again and runs the gradients'
-// recurrence, g_l = dy_l C_l + exp(delta_{l+1} A) g_{l+1}, from the end with the same scan.
+// recurrence, g_l = dy_l C_l + exp(delta_{l+1} A) g_{l+1}, from the end with the same scan. Not
+// twice differentiable (its backward writes into preallocated tensors).
 at::Tensor selective_scan_chunked(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
                                   const at::Tensor& B, const at::Tensor& C, const at::Tensor& D,
                                   int64_t chunk = 16);

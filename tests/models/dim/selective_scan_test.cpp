@@ -37,11 +37,12 @@ std::vector<at::Tensor> gradients(const at::Tensor& y, const ScanInputs& in, con
 TEST_CASE("the chunked selective scan equals the sequential definition, values and gradients",
           "[dim]") {
   torch::manual_seed(7);
-  // Lengths that do and do not fill the chunks; small and very large delta (the latter would
-  // overflow a log-space cumulative-sum scan).
+  // Lengths that do and do not fill the chunks (17: one position in the last chunk, so the
+  // gradients' reverse pass starts with 15 padded ones); small and very large delta (the latter
+  // would overflow a log-space cumulative-sum scan).
   for (const auto& [length, chunk, delta_scale] :
        {std::tuple<int64_t, int64_t, double>{1, 16, 1.0}, {37, 16, 1.0}, {64, 16, 0.05},
-        {50, 8, 20.0}, {33, 64, 1.0}, {20, 1, 1.0}}) {
+        {50, 8, 20.0}, {33, 64, 1.0}, {20, 1, 1.0}, {17, 16, 1.0}}) {
     auto in = random_inputs(2, 3, length, 4, delta_scale);
     auto reference = selective_scan_sequential(in.u, in.delta, in.A, in.B, in.C, in.D);
     auto fast = selective_scan_chunked(in.u, in.delta, in.A, in.B, in.C, in.D, chunk);
